@@ -1,0 +1,266 @@
+//! Legacy platform devices on the port-I/O bus: the 16550 UART (COM1, using
+//! `vm-superio`), the i8042 reset line, and the ACPI sleep-control,
+//! sleep-status and reset registers the FADT points at.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::control::{ExitReason, VmControl};
+use crate::devices::BusDevice;
+use crate::layout;
+
+/// Raises an interrupt by writing an irqfd-registered eventfd.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where guest serial output goes.
+pub enum SerialOut {
+    Stdout(io::Stdout),
+    File(File),
+    /// The currently connected client of the serial socket, if any. Output
+    /// while nobody is connected is dropped.
+    Socket(Arc<Mutex<Option<UnixStream>>>),
+    Sink,
+}
+
+impl Write for SerialOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            SerialOut::Stdout(s) => s.write(buf),
+            SerialOut::File(f) => f.write(buf),
+            SerialOut::Socket(c) => {
+                let mut g = c.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(s) = g.as_mut() {
+                    if s.write_all(buf).is_err() {
+                        // The client went away; keep the guest running.
+                        *g = None;
+                    }
+                }
+                Ok(buf.len())
+            }
+            SerialOut::Sink => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            SerialOut::Stdout(s) => s.flush(),
+            SerialOut::File(f) => f.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// COM1.
+pub struct SerialDevice {
+    pub serial: Serial<IrqTrigger, NoEvents, SerialOut>,
+}
+
+impl SerialDevice {
+    pub fn new(irq: EventFd, out: SerialOut) -> Self {
+        SerialDevice {
+            serial: Serial::new(IrqTrigger(irq), out),
+        }
+    }
+
+    /// COM1 with register state from a snapshot.
+    pub fn from_state(
+        irq: EventFd,
+        out: SerialOut,
+        state: &vm_superio::serial::SerialState,
+    ) -> Result<Self, String> {
+        Serial::from_state(state, IrqTrigger(irq), NoEvents, out)
+            .map(|serial| SerialDevice { serial })
+            .map_err(|e| format!("serial state in snapshot: {e:?}"))
+    }
+
+    /// Queues host input for the guest; bytes beyond the FIFO's free space
+    /// are dropped (the 16550 would overrun too). Returns how many were queued.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        let room = self.serial.fifo_capacity();
+        let n = room.min(bytes.len());
+        if n == 0 {
+            return 0;
+        }
+        self.serial.enqueue_raw_bytes(&bytes[..n]).unwrap_or(0)
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() != 1 || offset >= 8 {
+            data.fill(0xff);
+            return;
+        }
+        data[0] = self.serial.read(offset as u8);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 || offset >= 8 {
+            return;
+        }
+        // Output errors (a full disk, a closed stdout) must not stop the guest.
+        let _ = self.serial.write(offset as u8, data[0]);
+        if offset == 0 {
+            let _ = self.serial.writer_mut().flush();
+        }
+    }
+}
+
+/// i8042 keyboard controller stub: only the CPU reset command (0xFE to the
+/// command port) does anything.
+pub struct I8042 {
+    control: Arc<VmControl>,
+}
+
+impl I8042 {
+    pub fn new(control: Arc<VmControl>) -> Self {
+        I8042 { control }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        // Status 0: output buffer empty, input buffer empty.
+        data.fill(0);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        // Registered at 0x60 with length 5: offset 4 is the command port 0x64.
+        if offset == u64::from(layout::I8042_CMD - layout::I8042_DATA)
+            && data.first() == Some(&0xfe)
+        {
+            self.control
+                .request_exit(ExitReason::Reset("i8042 reset command".into()));
+        }
+    }
+}
+
+/// SLP_EN in the sleep control register.
+const SLP_EN: u8 = 1 << 5;
+
+/// What a write to the sleep control register means.
+pub fn sleep_control_action(value: u8) -> Option<ExitReason> {
+    let slp_typ = (value >> 2) & 0x7;
+    if value & SLP_EN != 0 && slp_typ == layout::S5_SLP_TYP {
+        Some(ExitReason::PowerOff)
+    } else {
+        None
+    }
+}
+
+/// ACPI sleep control (0x600) and status (0x601) registers.
+pub struct AcpiSleep {
+    control: Arc<VmControl>,
+}
+
+impl AcpiSleep {
+    pub fn new(control: Arc<VmControl>) -> Self {
+        AcpiSleep { control }
+    }
+}
+
+impl BusDevice for AcpiSleep {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == 0 {
+            if let Some(r) = data.first().and_then(|v| sleep_control_action(*v)) {
+                self.control.request_exit(r);
+            }
+        }
+    }
+}
+
+/// ACPI reset register (0xCF9).
+pub struct AcpiReset {
+    control: Arc<VmControl>,
+}
+
+impl AcpiReset {
+    pub fn new(control: Arc<VmControl>) -> Self {
+        AcpiReset { control }
+    }
+}
+
+impl BusDevice for AcpiReset {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        // 0x06 (the FADT RESET_VALUE) or any value with the reset bit (bit 2).
+        if data.first().is_some_and(|v| v & 0x4 != 0) {
+            self.control
+                .request_exit(ExitReason::Reset("ACPI reset register".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_register_decoding() {
+        assert_eq!(
+            sleep_control_action(SLP_EN | (5 << 2)),
+            Some(ExitReason::PowerOff)
+        );
+        assert_eq!(sleep_control_action(5 << 2), None);
+        assert_eq!(sleep_control_action(SLP_EN | (3 << 2)), None);
+    }
+
+    #[test]
+    fn power_devices_stop_the_vm() {
+        let c = Arc::new(VmControl::new(1).unwrap());
+        let mut s = AcpiSleep::new(c.clone());
+        s.write(1, &[SLP_EN | (5 << 2)]);
+        assert!(!c.should_stop());
+        s.write(0, &[SLP_EN | (5 << 2)]);
+        assert_eq!(c.exit_reason(), Some(ExitReason::PowerOff));
+
+        let c = Arc::new(VmControl::new(1).unwrap());
+        let mut k = I8042::new(c.clone());
+        k.write(0, &[0xfe]);
+        assert!(!c.should_stop());
+        k.write(4, &[0xfe]);
+        assert!(matches!(c.exit_reason(), Some(ExitReason::Reset(_))));
+
+        let c = Arc::new(VmControl::new(1).unwrap());
+        let mut r = AcpiReset::new(c.clone());
+        r.write(0, &[0x02]);
+        assert!(!c.should_stop());
+        r.write(0, &[0x06]);
+        assert!(matches!(c.exit_reason(), Some(ExitReason::Reset(_))));
+    }
+
+    #[test]
+    fn serial_output_and_interrupt() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let path = std::env::temp_dir().join(format!("bulkhead-serial-{}", std::process::id()));
+        let f = File::create(&path).unwrap();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), SerialOut::File(f));
+        for b in b"hi\n" {
+            dev.write(0, &[*b]);
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), b"hi\n");
+        let _ = std::fs::remove_file(&path);
+        // Enable the received-data interrupt (IER bit 0), then feed input.
+        dev.write(1, &[1]);
+        assert_eq!(dev.enqueue_input(b"ab"), 2);
+        assert!(irq.read().unwrap() >= 1);
+        let mut d = [0u8];
+        dev.read(0, &mut d);
+        assert_eq!(d, [b'a']);
+    }
+}

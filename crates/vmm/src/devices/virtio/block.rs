@@ -1,0 +1,285 @@
+//! virtio-blk (type 2) over a raw image file: IN/OUT with pread/pwrite,
+//! FLUSH with fdatasync, GET_ID; read-only images refuse writes.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::worker::{self, Backend, Chain, Ctx, CHAIN_BUDGET};
+use super::{
+    read_config_bytes, Activation, Error, VirtioDevice, WorkerHandle, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1,
+};
+
+pub const SECTOR_SIZE: u64 = 512;
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+/// Data segments per request we accept (queue size minus header and status).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest data transfer per request.
+const MAX_TRANSFER: u64 = 16 << 20;
+/// Bounce buffer between the file and guest memory.
+const BOUNCE: usize = 128 * 1024;
+
+// Feature bits (virtio 1.2 §5.2.3).
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+
+// Request types and status values.
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub const VIRTIO_BLK_ID_BYTES: usize = 20;
+const HEADER_LEN: u64 = 16;
+
+/// The block device.
+pub struct Block {
+    file: Arc<File>,
+    read_only: bool,
+    capacity: u64,
+    serial: [u8; VIRTIO_BLK_ID_BYTES],
+    config: Vec<u8>,
+}
+
+/// 64-bit FNV-1a: a stable (toolchain-independent) hash for the disk serial;
+/// hand-rolled because it is four lines and needs no dependency.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// GET_ID answer: "bh-" and 16 hex digits of the image path's hash, NUL-padded.
+fn serial_for(path: &Path) -> [u8; VIRTIO_BLK_ID_BYTES] {
+    let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let text = format!("bh-{:016x}", fnv1a(canon.as_os_str().as_encoded_bytes()));
+    let mut id = [0u8; VIRTIO_BLK_ID_BYTES];
+    let n = text.len().min(VIRTIO_BLK_ID_BYTES);
+    id[..n].copy_from_slice(&text.as_bytes()[..n]);
+    id
+}
+
+impl Block {
+    /// Open the raw image at `path`; capacity is its size in whole sectors.
+    pub fn new(path: impl AsRef<Path>, read_only: bool) -> Result<Block, Error> {
+        let path = path.as_ref();
+        let open_err = |source: io::Error| Error::OpenDisk {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        if !meta.is_file() {
+            return Err(open_err(io::Error::other("not a regular file")));
+        }
+        let capacity = meta.len() / SECTOR_SIZE;
+        // struct virtio_blk_config up to blk_size (offset 20), rest zero.
+        let mut config = vec![0u8; 64];
+        config[0..8].copy_from_slice(&capacity.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        Ok(Block {
+            file: Arc::new(file),
+            read_only,
+            capacity,
+            serial: serial_for(path),
+            config,
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The 20-byte GET_ID answer.
+    pub fn serial(&self) -> [u8; VIRTIO_BLK_ID_BYTES] {
+        self.serial
+    }
+}
+
+/// Worker state of an activated Block.
+pub struct BlockBackend {
+    file: Arc<File>,
+    read_only: bool,
+    capacity: u64,
+    serial: [u8; VIRTIO_BLK_ID_BYTES],
+    bounce: Vec<u8>,
+}
+
+impl BlockBackend {
+    pub fn new(file: Arc<File>, read_only: bool, serial: [u8; VIRTIO_BLK_ID_BYTES]) -> Self {
+        let capacity = file.metadata().map(|m| m.len() / SECTOR_SIZE).unwrap_or(0);
+        BlockBackend {
+            file,
+            read_only,
+            capacity,
+            serial,
+            bounce: vec![0u8; BOUNCE],
+        }
+    }
+
+    /// Whether `len` bytes at `sector` are inside the disk.
+    fn in_range(&self, sector: u64, len: u64) -> bool {
+        sector
+            .checked_mul(SECTOR_SIZE)
+            .and_then(|start| start.checked_add(len))
+            .is_some_and(|end| end <= self.capacity * SECTOR_SIZE)
+    }
+
+    /// Execute one request; returns (status, bytes written into the
+    /// device-writable data part before the status byte).
+    fn execute(&mut self, ctx: &Ctx, chain: &Chain, data_in: u64) -> (u8, u64) {
+        let mut hdr = [0u8; HEADER_LEN as usize];
+        if chain.read_at(&ctx.mem, 0, &mut hdr) != hdr.len() {
+            return (VIRTIO_BLK_S_IOERR, 0);
+        }
+        let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let mut sector_bytes = [0u8; 8];
+        sector_bytes.copy_from_slice(&hdr[8..16]);
+        let sector = u64::from_le_bytes(sector_bytes);
+        match kind {
+            VIRTIO_BLK_T_IN => {
+                let len = data_in;
+                if len & (SECTOR_SIZE - 1) != 0 || len > MAX_TRANSFER || !self.in_range(sector, len)
+                {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                }
+                let mut done = 0u64;
+                while done < len {
+                    let n = (len - done).min(BOUNCE as u64) as usize;
+                    let buf = &mut self.bounce[..n];
+                    if self
+                        .file
+                        .read_exact_at(buf, sector * SECTOR_SIZE + done)
+                        .is_err()
+                    {
+                        return (VIRTIO_BLK_S_IOERR, done);
+                    }
+                    if chain.write_at(&ctx.mem, done, buf) != n {
+                        return (VIRTIO_BLK_S_IOERR, done);
+                    }
+                    done += n as u64;
+                }
+                (VIRTIO_BLK_S_OK, len)
+            }
+            VIRTIO_BLK_T_OUT => {
+                let len = chain.readable_len().saturating_sub(HEADER_LEN);
+                if self.read_only
+                    || len & (SECTOR_SIZE - 1) != 0
+                    || len > MAX_TRANSFER
+                    || !self.in_range(sector, len)
+                {
+                    return (VIRTIO_BLK_S_IOERR, 0);
+                }
+                let mut done = 0u64;
+                while done < len {
+                    let n = (len - done).min(BOUNCE as u64) as usize;
+                    let buf = &mut self.bounce[..n];
+                    if chain.read_at(&ctx.mem, HEADER_LEN + done, buf) != n {
+                        return (VIRTIO_BLK_S_IOERR, 0);
+                    }
+                    if self
+                        .file
+                        .write_all_at(buf, sector * SECTOR_SIZE + done)
+                        .is_err()
+                    {
+                        return (VIRTIO_BLK_S_IOERR, 0);
+                    }
+                    done += n as u64;
+                }
+                (VIRTIO_BLK_S_OK, 0)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                if self.read_only {
+                    return (VIRTIO_BLK_S_OK, 0);
+                }
+                match self.file.sync_data() {
+                    Ok(()) => (VIRTIO_BLK_S_OK, 0),
+                    Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+                }
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                let n = (data_in as usize).min(VIRTIO_BLK_ID_BYTES);
+                let w = chain.write_at(&ctx.mem, 0, &self.serial[..n]);
+                (VIRTIO_BLK_S_OK, w as u64)
+            }
+            _ => (VIRTIO_BLK_S_UNSUPP, 0),
+        }
+    }
+
+    fn handle(&mut self, ctx: &mut Ctx, q: usize, chain: Chain) {
+        let writable = chain.writable_len();
+        if !chain.valid || writable == 0 {
+            // Nowhere to put the status byte: return the chain untouched.
+            ctx.complete(q, chain.head, 0);
+            return;
+        }
+        let data_in = writable - 1;
+        let (status, data_len) = self.execute(ctx, &chain, data_in);
+        let written = chain.write_at(&ctx.mem, data_in, &[status]);
+        let used = data_len + written as u64;
+        ctx.complete(q, chain.head, u32::try_from(used).unwrap_or(u32::MAX));
+    }
+}
+
+impl Backend for BlockBackend {
+    fn queue_event(&mut self, ctx: &mut Ctx, q: usize) {
+        for _ in 0..CHAIN_BUDGET {
+            let Some(chain) = ctx.pop(q) else {
+                return;
+            };
+            self.handle(ctx, q, chain);
+        }
+        ctx.requeue(q);
+    }
+
+    fn snapshot(&self) -> Value {
+        json!({"capacity": self.capacity, "read_only": self.read_only})
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE);
+        if self.read_only {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, act: Activation) -> Result<WorkerHandle, Error> {
+        let mut backend = BlockBackend::new(self.file.clone(), self.read_only, self.serial);
+        backend.capacity = self.capacity;
+        worker::spawn("virtio-blk", backend, act)
+    }
+}

@@ -1,0 +1,1186 @@
+//! The monitor's jail: after the VM is fully set up, the `bulkhead-vmm`
+//! process confines itself (inside its own process, unlike a separate
+//! jailer binary) so that a guest that takes over a device emulator finds
+//! little to attack.
+//!
+//! [`enter`] gives the process a private mount namespace whose root is a
+//! fresh, read-only tmpfs holding only the paths the monitor still needs
+//! (bind-mounted at their original absolute paths, so the monitor's path
+//! strings keep working), new network/IPC/UTS namespaces, no capabilities in
+//! any set, `no_new_privs`, and optionally an unprivileged uid/gid.
+//! [`apply_thread_filter`] installs a per-thread seccomp allow-list built with
+//! `seccompiler`; a violation kills the whole process with `SIGSYS`.
+//!
+//! # Contract with the caller (the order matters)
+//! 1. Open everything first: `/dev/kvm`, the VM and vCPU fds, guest memory,
+//!    disk images, TAP fds, serial output, listening sockets (control socket,
+//!    vsock `uds`). Nothing opened by path after this point is reachable unless
+//!    it lies under a `keep_paths` entry (e.g. vsock's `<uds>_<port>`
+//!    listeners → keep the directory of `uds`; snapshot targets → keep the
+//!    snapshot directory).
+//! 2. Call [`enter`] while the process is still **single-threaded**: mount
+//!    namespaces, capability sets and the bounding set are per thread, so a
+//!    thread that already exists would stay outside the jail. `enter` refuses
+//!    to run with more than one thread.
+//! 3. Spawn the vCPU and API threads; each calls [`apply_thread_filter`] with
+//!    its kind as its first action; the main (VMM) thread calls it with
+//!    [`ThreadKind::Vmm`] once its threads are spawned. Threads started later
+//!    (virtio device workers, started by the vCPU thread that activates the
+//!    device) inherit their creator's filter, which is why the vCPU
+//!    allow-list includes the device backends' I/O.
+//!
+//! # Network namespace
+//! The jail unshares the network namespace. This is safe because it happens
+//! after every network-related fd is open: a TAP fd stays attached to the
+//! interface in the namespace it was opened in, and AF_UNIX sockets with a
+//! path name are found through the file system (the bind-mounted paths), not
+//! through the network namespace. After `enter` the monitor cannot open a
+//! new TCP/UDP socket that reaches the host's networks.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_guest_debug,
+    kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_lapic_state,
+    kvm_mp_state, kvm_msi, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{chdir, pivot_root, setgroups, setresgid, setresuid, Gid, Uid};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use thiserror::Error;
+
+/// What the jail keeps, where it lives and whom the monitor runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JailConfig {
+    /// Host directory under which `<id>/root` becomes the jail's mount point
+    /// (e.g. `/run/bulkhead/jail`). Created if missing. Only the empty
+    /// directory `<chroot_base>/<id>/root` is left behind on the host: the
+    /// tmpfs on it exists only in the monitor's private mount namespace.
+    pub chroot_base: PathBuf,
+    /// The VM's identifier: 1–64 characters of `[A-Za-z0-9_-]`.
+    pub id: String,
+    /// User to run as after entering the jail; 0 keeps root (without any
+    /// capability).
+    pub uid: u32,
+    /// Group to run as after entering the jail; 0 keeps group root.
+    pub gid: u32,
+    /// Absolute host paths (files, sockets, directories) to bind-mount into
+    /// the jail at the same path. Writable unless the host path is not.
+    pub keep_paths: Vec<PathBuf>,
+}
+
+/// Why the jail could not be entered or a seccomp filter not installed.
+#[derive(Debug, Error)]
+pub enum JailError {
+    #[error("jail id {0:?} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -")]
+    InvalidId(String),
+    #[error("jail path {0} must be absolute and must not contain `..`")]
+    InvalidPath(PathBuf),
+    #[error("jail keep path {path}: {source}")]
+    KeepPath { path: PathBuf, source: io::Error },
+    #[error("cannot enter the jail: the process has {0} threads; call jail::enter before spawning any thread")]
+    MultiThreaded(usize),
+    #[error("cannot enter the jail: reading /proc/self/status: {0}")]
+    ProcStatus(io::Error),
+    #[error("cannot enter the jail: {what}: {source}")]
+    Sys { what: String, source: nix::Error },
+    #[error("cannot enter the jail: {what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("cannot drop capabilities: {0}")]
+    Caps(String),
+    #[error("cannot build the {kind:?} seccomp filter: {source}")]
+    SeccompBuild {
+        kind: ThreadKind,
+        source: seccompiler::BackendError,
+    },
+    #[error("cannot install the {kind:?} seccomp filter: {source}")]
+    SeccompInstall {
+        kind: ThreadKind,
+        source: seccompiler::Error,
+    },
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> JailError {
+    let what = what.into();
+    move |source| JailError::Sys { what, source }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> JailError {
+    let what = what.into();
+    move |source| JailError::Io { what, source }
+}
+
+/// Checks that `id` is usable as a single path component.
+fn validate_id(id: &str) -> Result<(), JailError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(JailError::InvalidId(id.to_string()))
+    }
+}
+
+/// Accepts only absolute paths without `..`, so that a path inside the jail
+/// (`root` + path) cannot climb out of the jail's root.
+fn validate_abs(path: &Path) -> Result<(), JailError> {
+    let ok = path.is_absolute() && !path.components().any(|c| c == Component::ParentDir);
+    if ok {
+        Ok(())
+    } else {
+        Err(JailError::InvalidPath(path.to_path_buf()))
+    }
+}
+
+/// Number of threads of this process, from `/proc/self/status`.
+fn thread_count() -> Result<usize, JailError> {
+    let status = fs::read_to_string("/proc/self/status").map_err(JailError::ProcStatus)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            JailError::ProcStatus(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no Threads: line",
+            ))
+        })
+}
+
+/// Device nodes bound into the jail when the host has them: harmless, and
+/// some libraries open them lazily.
+const JAIL_DEVICES: &[&str] = &["/dev/null", "/dev/urandom"];
+
+/// Path of `abs` (absolute, validated) below `root`.
+fn under(root: &Path, abs: &Path) -> PathBuf {
+    let rel: PathBuf = abs
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    root.join(rel)
+}
+
+/// Bind-mounts host path `src` at the same absolute path inside `root`.
+fn bind_into(root: &Path, src: &Path) -> Result<(), JailError> {
+    let keep = |source| JailError::KeepPath {
+        path: src.to_path_buf(),
+        source,
+    };
+    let meta = fs::metadata(src).map_err(keep)?;
+    // Resolve symlinks on the host side; the mount point keeps the name the
+    // monitor was given.
+    let real = fs::canonicalize(src).map_err(keep)?;
+    let target = under(root, src);
+    if meta.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&target)
+            .map_err(keep)?;
+    } else {
+        if let Some(parent) = target.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(keep)?;
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&target)
+            .map_err(keep)?;
+    }
+    mount(
+        Some(&real),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys(format!(
+        "bind-mounting {} at {}",
+        real.display(),
+        target.display()
+    )))
+}
+
+/// Highest capability number the running kernel knows.
+fn last_cap() -> u32 {
+    fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+/// Confines the calling (single-threaded) process; see the module docs for
+/// what it does and the order the caller must follow. On error the process
+/// may be half-jailed and must exit.
+pub fn enter(cfg: &JailConfig) -> Result<(), JailError> {
+    validate_id(&cfg.id)?;
+    validate_abs(&cfg.chroot_base)?;
+    for p in &cfg.keep_paths {
+        validate_abs(p)?;
+    }
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(JailError::MultiThreaded(threads));
+    }
+    // Read what we need from the host's /proc before it disappears.
+    let cap_last = last_cap();
+
+    let root = cfg.chroot_base.join(&cfg.id).join("root");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&root)
+        .map_err(io_err(format!("creating {}", root.display())))?;
+
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS,
+    )
+    .map_err(sys("unshare(mount, net, ipc, uts namespaces)"))?;
+    // Nothing we mount from now on may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("making / recursively private"))?;
+
+    // The root itself: no device nodes, no set-uid, nothing executable. The
+    // bind mounts below keep their source's flags (so /dev/null works).
+    let root_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        &root,
+        Some("tmpfs"),
+        root_flags,
+        Some("mode=755,size=1m,nr_inodes=4096"),
+    )
+    .map_err(sys(format!("mounting a tmpfs on {}", root.display())))?;
+
+    for dev in JAIL_DEVICES {
+        if Path::new(dev).exists() {
+            bind_into(&root, Path::new(dev))?;
+        }
+    }
+    for p in &cfg.keep_paths {
+        bind_into(&root, p)?;
+    }
+
+    // Swap roots: stack the old root under the new one, then detach it.
+    chdir(&root).map_err(sys(format!("chdir {}", root.display())))?;
+    pivot_root(".", ".").map_err(sys(format!("pivot_root into {}", root.display())))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching the old root"))?;
+    chdir("/").map_err(sys("chdir /"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | root_flags,
+        None::<&str>,
+    )
+    .map_err(sys("remounting the jail root read-only"))?;
+
+    drop_privileges(cfg.uid, cfg.gid, cap_last)
+}
+
+/// no_new_privs, empty bounding and ambient sets, then the new ids, then
+/// empty effective/permitted/inheritable sets (in this order: each step needs
+/// a capability the next one removes).
+fn drop_privileges(uid: u32, gid: u32, cap_last: u32) -> Result<(), JailError> {
+    nix::sys::prctl::set_no_new_privs().map_err(sys("setting no_new_privs"))?;
+    for cap in 0..=cap_last {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no memory.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            // EINVAL: the kernel does not know this capability; nothing to drop.
+            if err.raw_os_error() != Some(libc::EINVAL) {
+                return Err(JailError::Caps(format!(
+                    "dropping capability {cap} from the bounding set: {err}"
+                )));
+            }
+        }
+    }
+    caps::clear(None, caps::CapSet::Ambient)
+        .map_err(|e| JailError::Caps(format!("clearing the ambient set: {e}")))?;
+    if gid != 0 {
+        let g = Gid::from_raw(gid);
+        setgroups(&[g]).map_err(sys(format!("setgroups([{gid}])")))?;
+        setresgid(g, g, g).map_err(sys(format!("setresgid({gid})")))?;
+    }
+    if uid != 0 {
+        let u = Uid::from_raw(uid);
+        setresuid(u, u, u).map_err(sys(format!("setresuid({uid})")))?;
+    }
+    for set in [
+        caps::CapSet::Inheritable,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+    ] {
+        caps::clear(None, set)
+            .map_err(|e| JailError::Caps(format!("clearing the {set:?} set: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The three kinds of monitor threads; each gets its own allow-list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread: event loop, virtio device backends, serial output,
+    /// vCPU kicks, shutdown.
+    Vmm,
+    /// A vCPU thread: `KVM_RUN` and the exits it handles (port/MMIO devices),
+    /// and the device workers it starts. No opening files, no VM-wide ioctls.
+    Vcpu,
+    /// The control-socket thread: pause/resume/snapshot/shutdown requests.
+    Api,
+}
+
+/// KVM and terminal ioctl request numbers, computed from the kernel ABI
+/// structs in `kvm_bindings` (the numbers in `kvm_ioctls` are private).
+mod nr {
+    #![allow(non_snake_case)]
+    use super::*;
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
+
+    const KVMIO: u32 = 0xAE;
+    const TUNTAP: u32 = 0x54;
+
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+    ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+    ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
+    ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+    ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
+    ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+    ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
+    ioctl_io_nr!(KVM_NMI, KVMIO, 0x9a);
+    ioctl_iow_nr!(KVM_SET_GUEST_DEBUG, KVMIO, 0x9b, kvm_guest_debug);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
+    ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
+    ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
+    ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+    // VM fd.
+    ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
+    ioctl_iowr_nr!(KVM_IRQ_LINE_STATUS, KVMIO, 0x67, kvm_irq_level);
+    ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    // Sic: the kernel declares KVM_SET_IRQCHIP with _IOR.
+    ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
+    ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+    ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+    ioctl_iow_nr!(KVM_SET_CLOCK, KVMIO, 0x7b, kvm_clock_data);
+    ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+    ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+    ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
+    ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+    ioctl_iow_nr!(
+        KVM_SET_USER_MEMORY_REGION,
+        KVMIO,
+        0x46,
+        kvm_userspace_memory_region
+    );
+    ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
+    // TAP fds (offloads / header size may be renegotiated when the guest
+    // driver (re)negotiates features).
+    ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 0xd0, std::os::raw::c_uint);
+    ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 0xd8, std::os::raw::c_int);
+}
+
+/// Ioctls of a vCPU thread (and of the device worker threads it starts):
+/// `KVM_RUN`, its own state (pause/snapshot are served by each vCPU thread on
+/// request), interrupt injection from the port devices it emulates, TAP
+/// offload renegotiation, terminal queries.
+fn vcpu_ioctls() -> Vec<u64> {
+    [
+        nr::KVM_RUN(),
+        nr::KVM_GET_REGS(),
+        nr::KVM_SET_REGS(),
+        nr::KVM_GET_SREGS(),
+        nr::KVM_SET_SREGS(),
+        nr::KVM_GET_MSRS(),
+        nr::KVM_SET_MSRS(),
+        nr::KVM_GET_FPU(),
+        nr::KVM_SET_FPU(),
+        nr::KVM_GET_LAPIC(),
+        nr::KVM_SET_LAPIC(),
+        nr::KVM_GET_CPUID2(),
+        nr::KVM_SET_CPUID2(),
+        nr::KVM_GET_MP_STATE(),
+        nr::KVM_SET_MP_STATE(),
+        nr::KVM_NMI(),
+        nr::KVM_GET_VCPU_EVENTS(),
+        nr::KVM_SET_VCPU_EVENTS(),
+        nr::KVM_GET_DEBUGREGS(),
+        nr::KVM_SET_DEBUGREGS(),
+        nr::KVM_GET_XSAVE(),
+        nr::KVM_GET_XSAVE2(),
+        nr::KVM_SET_XSAVE(),
+        nr::KVM_GET_XCRS(),
+        nr::KVM_SET_XCRS(),
+        nr::KVM_KVMCLOCK_CTRL(),
+        nr::KVM_GET_TSC_KHZ(),
+        nr::KVM_IRQ_LINE(),
+        nr::KVM_IRQ_LINE_STATUS(),
+        nr::KVM_SIGNAL_MSI(),
+        nr::TUNSETOFFLOAD(),
+        nr::TUNSETVNETHDRSZ(),
+        libc::TCGETS,
+        libc::TIOCGWINSZ,
+        libc::FIONBIO,
+    ]
+    .to_vec()
+}
+
+/// Ioctls of the VMM and API threads: everything a vCPU may do except
+/// `KVM_RUN`, plus VM-wide state (snapshot may run on either thread) and
+/// interrupt plumbing. Never `KVM_CREATE_*`.
+fn control_ioctls() -> Vec<u64> {
+    let mut v: Vec<u64> = vcpu_ioctls()
+        .into_iter()
+        .filter(|&n| n != nr::KVM_RUN())
+        .collect();
+    v.extend([
+        nr::KVM_GET_IRQCHIP(),
+        nr::KVM_SET_IRQCHIP(),
+        nr::KVM_SET_GSI_ROUTING(),
+        nr::KVM_IRQFD(),
+        nr::KVM_IOEVENTFD(),
+        nr::KVM_SET_CLOCK(),
+        nr::KVM_GET_CLOCK(),
+        nr::KVM_GET_PIT2(),
+        nr::KVM_SET_PIT2(),
+        nr::KVM_SET_USER_MEMORY_REGION(),
+        nr::KVM_GET_DIRTY_LOG(),
+        nr::KVM_SET_GUEST_DEBUG(),
+        libc::TCSETS,
+    ]);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompCondition {
+    // Only fails for arg > 5; every call site passes a constant below that.
+    SeccompCondition::new(arg, len, op, value).expect("seccomp argument index is 0..=5")
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(conds)
+}
+
+/// Syscalls of every monitor thread: memory, locks, signals, time, I/O on
+/// fds that are already open, polling, exiting.
+const COMMON: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_lseek,
+    libc::SYS_close,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_fcntl,
+    libc::SYS_futex,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettimeofday,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_getrandom,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_rseq,
+    libc::SYS_set_robust_list,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// Device backends' syscalls. Virtio device workers are started by the vCPU
+/// thread that activates the device (the guest writes DRIVER_OK) and inherit
+/// its filter, so every kind allows these: block I/O, TAP and Unix-socket
+/// traffic (vsock connects to `<uds>_<port>`), epoll/eventfd/timerfd, and
+/// thread creation.
+const DEVICE_IO: &[i64] = &[
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_epoll_create1,
+    libc::SYS_eventfd2,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_pipe2,
+    libc::SYS_set_tid_address,
+    libc::SYS_clone3,
+    // A device backend removes its own Unix socket path (vsock `uds`) when
+    // dropped, on whichever thread drops the last reference. Only kept
+    // paths are writable in the jail.
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
+
+/// Extra syscalls of the VMM and API threads: files of a snapshot (which
+/// must lie under a kept path).
+const CONTROL: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_rmdir,
+    libc::SYS_getdents64,
+    libc::SYS_ftruncate,
+];
+
+/// The allow-list of one thread kind, as `seccompiler` rules.
+fn rules_for(
+    kind: ThreadKind,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+    use SeccompCmpArgLen::{Dword, Qword};
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let control = matches!(kind, ThreadKind::Vmm | ThreadKind::Api);
+    for &s in COMMON.iter().chain(DEVICE_IO) {
+        map.insert(s, vec![]);
+    }
+    if control {
+        for &s in CONTROL {
+            map.insert(s, vec![]);
+        }
+    } else {
+        // Allowed here only so that the stacked EACCES filter decides (see
+        // `apply_thread_filter`).
+        map.insert(libc::SYS_openat, vec![]);
+    }
+    let eq = |arg, value| cond(arg, Dword, SeccompCmpOp::Eq, value);
+
+    // prctl: naming the own thread only.
+    map.insert(
+        libc::SYS_prctl,
+        vec![rule(vec![eq(0, libc::PR_SET_NAME as u64)])?],
+    );
+    // Signals only to threads of this process (vCPU kicks, abort).
+    map.insert(
+        libc::SYS_tgkill,
+        vec![rule(vec![eq(0, u64::from(std::process::id()))])?],
+    );
+    // Memory may be mapped and protected, never made executable.
+    let no_exec = |arg| {
+        cond(
+            arg,
+            Dword,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )
+    };
+    map.insert(libc::SYS_mmap, vec![rule(vec![no_exec(2)])?]);
+    map.insert(libc::SYS_mprotect, vec![rule(vec![no_exec(2)])?]);
+    // New sockets: Unix domain only (vsock backend, serial socket).
+    map.insert(
+        libc::SYS_socket,
+        vec![rule(vec![eq(0, libc::AF_UNIX as u64)])?],
+    );
+    // clone: threads only (all of the sharing flags pthread_create passes),
+    // never a new process. clone3 passes its flags in memory, which seccomp
+    // cannot read: it is allowed here and turned into ENOSYS by a second
+    // filter (see `apply_thread_filter`), so glibc falls back to clone.
+    let thread_flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    map.insert(
+        libc::SYS_clone,
+        vec![rule(vec![cond(
+            0,
+            Qword,
+            SeccompCmpOp::MaskedEq(thread_flags),
+            thread_flags,
+        )])?],
+    );
+
+    // ioctl: only the listed request numbers.
+    let requests = if control {
+        control_ioctls()
+    } else {
+        vcpu_ioctls()
+    };
+    let ioctl_rules = requests
+        .into_iter()
+        .map(|req| rule(vec![eq(1, req)]))
+        .collect::<Result<Vec<_>, _>>()?;
+    map.insert(libc::SYS_ioctl, ioctl_rules);
+    Ok(map)
+}
+
+fn arch() -> TargetArch {
+    #[cfg(target_arch = "x86_64")]
+    {
+        TargetArch::x86_64
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        TargetArch::aarch64
+    }
+}
+
+/// Compiles the allow-list of `kind`: anything not on it kills the process.
+pub fn build_filter(kind: ThreadKind) -> Result<BpfProgram, JailError> {
+    let build = |source| JailError::SeccompBuild { kind, source };
+    let filter = SeccompFilter::new(
+        rules_for(kind).map_err(build)?,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        arch(),
+    )
+    .map_err(build)?;
+    filter.try_into().map_err(build)
+}
+
+/// A stacked filter that makes `syscalls` fail with `errno` and allows
+/// everything else; the kernel applies the most restrictive verdict of all
+/// installed filters, and ERRNO beats ALLOW (but not KILL).
+fn errno_filter(syscalls: &[i64], errno: i32) -> Result<BpfProgram, seccompiler::BackendError> {
+    SeccompFilter::new(
+        syscalls.iter().map(|&s| (s, vec![])).collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        arch(),
+    )?
+    .try_into()
+}
+
+/// Installs the seccomp allow-list of `kind` on the calling thread (and
+/// threads it creates later). Sets `no_new_privs` on the thread first, so it
+/// works with or without `CAP_SYS_ADMIN`.
+///
+/// Two soft denials are stacked on top of the allow-list:
+/// - `clone3` → ENOSYS for every kind: its flags live in memory seccomp
+///   cannot inspect; glibc then falls back to `clone`, whose flags are
+///   checked (threads only).
+/// - `openat` → EACCES for vCPU threads: glibc's `free` may open
+///   `/proc/sys/vm/overcommit_memory` once when it trims a thread arena and
+///   copes with a failure; killing the monitor there would be wrong, and a
+///   vCPU thread still cannot open anything.
+pub fn apply_thread_filter(kind: ThreadKind) -> Result<(), JailError> {
+    let install = |source| JailError::SeccompInstall { kind, source };
+    let build = |source| JailError::SeccompBuild { kind, source };
+    let main = build_filter(kind)?;
+    let mut soft = vec![errno_filter(&[libc::SYS_clone3], libc::ENOSYS).map_err(build)?];
+    if kind == ThreadKind::Vcpu {
+        soft.push(errno_filter(&[libc::SYS_openat], libc::EACCES).map_err(build)?);
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(sys("setting no_new_privs"))?;
+    for f in &soft {
+        seccompiler::apply_filter(f).map_err(install)?;
+    }
+    seccompiler::apply_filter(&main).map_err(install)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each jail/seccomp check runs in a forked child (the jail and the
+    //! filters are irreversible); the child reports over a pipe and the
+    //! parent asserts on the report and on how the child ended.
+    use super::*;
+    use nix::sys::signal::Signal;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// Writes `msg` to `fd` with a raw write (safe after fork and under any filter).
+    fn report(fd: &OwnedFd, msg: &str) {
+        // SAFETY: writes from a valid buffer of the given length to an fd we own.
+        unsafe { libc::write(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+    }
+
+    /// Runs `child` in a forked process; returns what it reported and how it ended.
+    /// `child` returns the exit code; it reports through the given fd.
+    fn in_child(child: impl FnOnce(&OwnedFd) -> i32) -> (String, WaitStatus) {
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        // SAFETY: the child only runs `child` and then `_exit`s; glibc keeps
+        // malloc usable after fork, and the child touches no other lock.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                drop(rd);
+                let code = child(&wr);
+                // SAFETY: ends the child without running the parent's atexit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                drop(wr);
+                let mut out = String::new();
+                fs::File::from(rd)
+                    .read_to_string(&mut out)
+                    .expect("read child report");
+                let status = waitpid(child, None).expect("waitpid");
+                (out, status)
+            }
+        }
+    }
+
+    fn scratch_dir() -> PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bh-jail-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).expect("create scratch dir");
+        dir
+    }
+
+    /// The five capability sets and NoNewPrivs/Uid/Gid from a status text.
+    fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or("<missing>")
+    }
+
+    #[test]
+    fn jailed_process_sees_only_kept_paths_and_has_no_privileges() {
+        if !is_root() {
+            println!("SKIPPED: jail test needs root");
+            return;
+        }
+        let base = scratch_dir();
+        let keep = base.join("keep");
+        fs::create_dir_all(&keep).expect("keep dir");
+        fs::write(keep.join("disk.img"), b"sector-zero").expect("keep file");
+        // The unprivileged uid must be able to walk into the kept directory.
+        for d in [&base, &keep] {
+            fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod");
+        }
+        // A kept socket file (like vsock's `<uds>_<port>`): connecting to it
+        // from inside the jail must reach this listener.
+        let sock = base.join("outside.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind socket");
+        fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod socket");
+        let cfg = JailConfig {
+            chroot_base: base.join("jail"),
+            id: "vm-1".into(),
+            uid: 65534,
+            gid: 65534,
+            keep_paths: vec![keep.clone(), sock.clone()],
+        };
+        let (out, status) = in_child(|w| {
+            // Opened before the jail: /proc is not inside it.
+            let mut st = match fs::File::open("/proc/self/status") {
+                Ok(f) => f,
+                Err(e) => {
+                    report(w, &format!("open status: {e}"));
+                    return 2;
+                }
+            };
+            if let Err(e) = enter(&cfg) {
+                report(w, &format!("enter: {e}"));
+                return 3;
+            }
+            let mut s = String::new();
+            let _ = st.seek(SeekFrom::Start(0));
+            let _ = st.read_to_string(&mut s);
+            let mut lines = vec![];
+            for key in [
+                "CapInh:",
+                "CapPrm:",
+                "CapEff:",
+                "CapBnd:",
+                "CapAmb:",
+                "NoNewPrivs:",
+                "Uid:",
+                "Gid:",
+            ] {
+                lines.push(format!("{key} {}", status_field(&s, key)));
+            }
+            lines.push(format!(
+                "passwd: {}",
+                match fs::metadata("/etc/passwd") {
+                    Ok(_) => "reachable".to_string(),
+                    Err(e) => format!("{:?}", e.kind()),
+                }
+            ));
+            lines.push(format!(
+                "kept: {}",
+                fs::read_to_string(keep.join("disk.img")).unwrap_or_else(|e| e.to_string())
+            ));
+            lines.push(format!(
+                "root writable: {}",
+                fs::write("/new-file", b"x").is_ok()
+            ));
+            lines.push(format!(
+                "socket: {}",
+                std::os::unix::net::UnixStream::connect(&sock)
+                    .and_then(|mut c| io::Write::write_all(&mut c, b"from-jail"))
+                    .is_ok()
+            ));
+            lines.push(format!(
+                "devnull: {}",
+                fs::OpenOptions::new().write(true).open("/dev/null").is_ok()
+            ));
+            report(w, &lines.join("\n"));
+            0
+        });
+        listener.set_nonblocking(true).expect("nonblocking");
+        let mut from_jail = String::new();
+        if let Ok((mut c, _)) = listener.accept() {
+            let _ = c.set_nonblocking(false);
+            let _ = c.read_to_string(&mut from_jail);
+        }
+        let _ = fs::remove_dir_all(&base);
+        assert_eq!(
+            status,
+            WaitStatus::Exited(status.pid().expect("pid"), 0),
+            "{out}"
+        );
+        assert!(out.contains("socket: true"), "{out}");
+        assert_eq!(from_jail, "from-jail");
+        for key in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert!(
+                out.contains(&format!("{key} 0000000000000000")),
+                "{key} not empty:\n{out}"
+            );
+        }
+        assert!(out.contains("NoNewPrivs: 1"), "{out}");
+        assert!(out.contains("Uid: 65534\t65534\t65534\t65534"), "{out}");
+        assert!(out.contains("Gid: 65534\t65534\t65534\t65534"), "{out}");
+        assert!(out.contains("passwd: NotFound"), "{out}");
+        assert!(out.contains("kept: sector-zero"), "{out}");
+        assert!(out.contains("root writable: false"), "{out}");
+        assert!(out.contains("devnull: true"), "{out}");
+    }
+
+    #[test]
+    fn missing_keep_path_is_named() {
+        if !is_root() {
+            println!("SKIPPED: jail test needs root");
+            return;
+        }
+        let base = scratch_dir();
+        let missing = base.join("no-such-socket");
+        let cfg = JailConfig {
+            chroot_base: base.join("jail"),
+            id: "vm-2".into(),
+            uid: 0,
+            gid: 0,
+            keep_paths: vec![missing.clone()],
+        };
+        let (out, _) = in_child(|w| match enter(&cfg) {
+            Ok(()) => {
+                report(w, "entered");
+                0
+            }
+            Err(e) => {
+                report(w, &e.to_string());
+                1
+            }
+        });
+        let _ = fs::remove_dir_all(&base);
+        assert!(
+            out.contains(&missing.display().to_string()) && out.contains("No such file"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn bad_config_and_threads_are_refused_before_any_change() {
+        let cfg = |id: &str, keep: &str| JailConfig {
+            chroot_base: PathBuf::from("/nonexistent-base"),
+            id: id.into(),
+            uid: 0,
+            gid: 0,
+            keep_paths: vec![PathBuf::from(keep)],
+        };
+        assert!(matches!(
+            enter(&cfg("../escape", "/tmp")),
+            Err(JailError::InvalidId(_))
+        ));
+        assert!(matches!(
+            enter(&cfg("", "/tmp")),
+            Err(JailError::InvalidId(_))
+        ));
+        assert!(matches!(
+            enter(&cfg("vm", "relative/path")),
+            Err(JailError::InvalidPath(_))
+        ));
+        assert!(matches!(
+            enter(&cfg("vm", "/tmp/../etc")),
+            Err(JailError::InvalidPath(_))
+        ));
+        // The test harness runs this test on a thread of its own, so the
+        // process has at least two threads.
+        let e = enter(&cfg("vm", "/tmp")).expect_err("must refuse");
+        assert!(matches!(e, JailError::MultiThreaded(n) if n >= 2), "{e}");
+        assert!(e.to_string().contains("before spawning any thread"));
+    }
+
+    fn killed_by_sigsys(status: WaitStatus) -> bool {
+        matches!(status, WaitStatus::Signaled(_, Signal::SIGSYS, _))
+    }
+
+    #[test]
+    fn every_filter_compiles() {
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api] {
+            let prog = build_filter(kind).expect("filter builds");
+            assert!(!prog.is_empty());
+        }
+        assert!(!vcpu_ioctls().is_empty());
+        assert!(!control_ioctls().contains(&nr::KVM_RUN()));
+        // Known constant from <linux/kvm.h>: _IO(0xAE, 0x80).
+        assert_eq!(nr::KVM_RUN(), 0xAE80);
+    }
+
+    #[test]
+    fn vcpu_filter_allows_kvm_run_and_kills_on_socket() {
+        let (out, status) = in_child(|w| {
+            if let Err(e) = apply_thread_filter(ThreadKind::Vcpu) {
+                report(w, &format!("apply: {e}"));
+                return 2;
+            }
+            // Allowed: write, and ioctl(KVM_RUN) (on a pipe it fails with ENOTTY,
+            // which proves the filter let it through to the kernel).
+            // SAFETY: ioctl with a request that takes no argument.
+            let rc = unsafe { libc::ioctl(w.as_raw_fd(), nr::KVM_RUN() as _, 0) };
+            let errno = io::Error::last_os_error().raw_os_error();
+            report(w, &format!("kvm_run rc={rc} errno={errno:?}\n"));
+            // Forbidden: a new INET socket.
+            // SAFETY: plain syscall with constant arguments.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+            report(w, "survived socket");
+            0
+        });
+        assert!(
+            out.contains(&format!("kvm_run rc=-1 errno=Some({})", libc::ENOTTY)),
+            "{out}"
+        );
+        assert!(!out.contains("survived"), "{out}");
+        assert!(killed_by_sigsys(status), "{status:?} {out}");
+    }
+
+    #[test]
+    fn vcpu_filter_kills_on_unlisted_ioctl() {
+        let (out, status) = in_child(|w| {
+            if let Err(e) = apply_thread_filter(ThreadKind::Vcpu) {
+                report(w, &format!("apply: {e}"));
+                return 2;
+            }
+            report(w, "filtered\n");
+            // KVM_CREATE_VM (_IO(0xAE, 0x01)) is not a vCPU's business.
+            // SAFETY: ioctl with a request that takes an integer argument.
+            unsafe { libc::ioctl(w.as_raw_fd(), 0xAE01 as _, 0) };
+            report(w, "survived ioctl");
+            0
+        });
+        assert!(
+            out.contains("filtered") && !out.contains("survived"),
+            "{status:?} {out}"
+        );
+        assert!(killed_by_sigsys(status), "{status:?} {out}");
+    }
+
+    #[test]
+    fn vcpu_filter_denies_open_and_kills_on_mkdir() {
+        let (out, status) = in_child(|w| {
+            if let Err(e) = apply_thread_filter(ThreadKind::Vcpu) {
+                report(w, &format!("apply: {e}"));
+                return 2;
+            }
+            let open = fs::File::open("/etc/hostname").map_err(|e| e.raw_os_error());
+            report(w, &format!("open: {:?}\n", open.map(|_| ())));
+            let _ = fs::create_dir("/nonexistent-bulkhead-jail-test");
+            report(w, "survived mkdir");
+            0
+        });
+        assert!(
+            out.contains(&format!("open: Err(Some({}))", libc::EACCES)),
+            "{status:?} {out}"
+        );
+        assert!(!out.contains("survived"), "{out}");
+        assert!(killed_by_sigsys(status), "{status:?} {out}");
+    }
+
+    #[test]
+    fn filters_allow_threads_and_unix_sockets_but_not_fork() {
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api] {
+            let (out, status) = in_child(|w| {
+                if let Err(e) = apply_thread_filter(kind) {
+                    report(w, &format!("apply: {e}"));
+                    return 2;
+                }
+                // A thread (clone3 → ENOSYS → clone with thread flags), as a
+                // vCPU starting a device worker does.
+                let t = std::thread::Builder::new()
+                    .name("worker".into())
+                    .stack_size(64 * 1024)
+                    .spawn(|| 7)
+                    .map(|h| h.join());
+                report(w, &format!("thread: {:?}\n", t.map(|r| r.ok())));
+                // SAFETY: plain syscall with constant arguments.
+                let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+                report(w, &format!("unix socket ok: {}\n", fd >= 0));
+                // A new process is forbidden.
+                // SAFETY: the child (if the filter let it exist) exits at once.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: immediate exit of the forked child.
+                    unsafe { libc::_exit(0) };
+                }
+                report(w, "survived fork");
+                0
+            });
+            assert!(out.contains("thread: Ok(Some(7))"), "{kind:?}: {out}");
+            assert!(out.contains("unix socket ok: true"), "{kind:?}: {out}");
+            assert!(!out.contains("survived"), "{kind:?}: {out}");
+            assert!(killed_by_sigsys(status), "{kind:?}: {status:?} {out}");
+        }
+    }
+
+    #[test]
+    fn signals_only_within_the_process() {
+        let (out, status) = in_child(|w| {
+            if let Err(e) = apply_thread_filter(ThreadKind::Vmm) {
+                report(w, &format!("apply: {e}"));
+                return 2;
+            }
+            // SAFETY: signal 0 only checks that the target exists.
+            let own = unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::syscall(libc::SYS_gettid),
+                    0,
+                )
+            };
+            report(w, &format!("own tgkill: {own}\n"));
+            // SAFETY: as above, aimed at init: the filter must kill us first.
+            unsafe { libc::syscall(libc::SYS_tgkill, 1, 1, 0) };
+            report(w, "survived tgkill");
+            0
+        });
+        assert!(out.contains("own tgkill: 0"), "{out}");
+        assert!(!out.contains("survived"), "{out}");
+        assert!(killed_by_sigsys(status), "{status:?} {out}");
+    }
+
+    #[test]
+    fn filters_forbid_executable_memory() {
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Api] {
+            let (out, status) = in_child(|w| {
+                if let Err(e) = apply_thread_filter(kind) {
+                    report(w, &format!("apply: {e}"));
+                    return 2;
+                }
+                // SAFETY: anonymous mapping request, result unused.
+                let rw = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                report(w, &format!("rw mapped: {}\n", rw != libc::MAP_FAILED));
+                // SAFETY: as above, with PROT_EXEC (which must kill us).
+                unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_EXEC,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                report(w, "survived exec mapping");
+                0
+            });
+            assert!(out.contains("rw mapped: true"), "{kind:?}: {out}");
+            assert!(!out.contains("survived"), "{kind:?}: {out}");
+            assert!(killed_by_sigsys(status), "{kind:?}: {status:?} {out}");
+        }
+    }
+}

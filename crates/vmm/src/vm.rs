@@ -1,0 +1,1037 @@
+//! Building and running one VM from the command line: checks the
+//! configuration against the host, creates the KVM VM (in-kernel irqchip),
+//! guest memory, devices and vCPUs, loads the kernel, enters the jail,
+//! starts the threads (vCPUs, control socket) and runs the event loop
+//! (serial input, stop) on the main thread until the VM stops.
+
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::{self, ApiContext, DeviceInfo};
+use crate::bus::{Bus, SharedDevice};
+use crate::config::{Cli, SerialSpec};
+use crate::control::{self, ExitReason, VmControl};
+use crate::devices::legacy::{AcpiReset, AcpiSleep, SerialDevice, SerialOut, I8042};
+use crate::devices::virtio::{self, MmioTransport};
+use crate::jail;
+use crate::layout;
+use crate::snapshot;
+use crate::vcpu::Vcpu;
+use crate::x86::{acpi, boot, cpu};
+use vm_superio::serial::SerialState;
+
+/// Stack size of vCPU and control-socket threads: the exit loop and the
+/// JSON handling need little, and small stacks keep the RSS down.
+const THREAD_STACK: usize = 256 << 10;
+
+/// What a virtio slot holds.
+pub enum SlotKind {
+    Block { path: PathBuf, read_only: bool },
+    Net { tap: String, mac: Option<[u8; 6]> },
+    Vsock { cid: u32, uds: PathBuf },
+    Rng,
+}
+
+impl SlotKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SlotKind::Block { .. } => "block",
+            SlotKind::Net { .. } => "net",
+            SlotKind::Vsock { .. } => "vsock",
+            SlotKind::Rng => "rng",
+        }
+    }
+}
+
+/// Slot order: disks, nets, vsock, rng.
+pub fn slot_plan(cli: &Cli) -> Vec<SlotKind> {
+    let mut v = Vec::new();
+    for d in &cli.disk {
+        v.push(SlotKind::Block {
+            path: d.path.clone(),
+            read_only: d.read_only,
+        });
+    }
+    for n in &cli.net {
+        v.push(SlotKind::Net {
+            tap: n.tap.clone(),
+            mac: n.mac,
+        });
+    }
+    if let Some(vs) = &cli.vsock {
+        v.push(SlotKind::Vsock {
+            cid: vs.cid,
+            uds: vs.uds.clone(),
+        });
+    }
+    if cli.rng {
+        v.push(SlotKind::Rng);
+    }
+    v
+}
+
+fn create_device(kind: &SlotKind) -> Result<Box<dyn virtio::VirtioDevice>> {
+    Ok(match kind {
+        SlotKind::Block { path, read_only } => {
+            Box::new(virtio::Block::new(path, *read_only).map_err(|e| anyhow!("{e}"))?)
+        }
+        SlotKind::Net { tap, mac } => {
+            Box::new(virtio::Net::new(tap, *mac).map_err(|e| anyhow!("{e}"))?)
+        }
+        SlotKind::Vsock { cid, uds } => {
+            Box::new(virtio::Vsock::new(u64::from(*cid), uds.clone()).map_err(|e| anyhow!("{e}"))?)
+        }
+        SlotKind::Rng => Box::new(virtio::Rng::new()),
+    })
+}
+
+/// Host memory in bytes (MemTotal).
+fn host_mem_total() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Checks that need the host but no KVM: sizes, files.
+pub fn validate(cli: &Cli) -> Result<()> {
+    if cli.mem < layout::MIN_MEM {
+        bail!(
+            "--mem {} MiB is too small: the minimum is {} MiB",
+            cli.mem >> 20,
+            layout::MIN_MEM >> 20
+        );
+    }
+    if cli.mem & 0xfff != 0 {
+        bail!("--mem must be a multiple of 4 KiB");
+    }
+    if let Some(total) = host_mem_total() {
+        if cli.mem > total {
+            bail!(
+                "--mem {} MiB exceeds the host's memory ({} MiB)",
+                cli.mem >> 20,
+                total >> 20
+            );
+        }
+    }
+    if cli.vcpus == 0 {
+        bail!("--vcpus must be at least 1");
+    }
+    if cli.vcpus > 255 {
+        bail!(
+            "--vcpus {} exceeds the 255 APIC IDs of this machine model",
+            cli.vcpus
+        );
+    }
+    if let Some(k) = &cli.kernel {
+        if !k.is_file() {
+            bail!("kernel {} does not exist or is not a file", k.display());
+        }
+    }
+    if let Some(i) = &cli.initrd {
+        if !i.is_file() {
+            bail!("initrd {} does not exist or is not a file", i.display());
+        }
+    }
+    for d in &cli.disk {
+        if !d.path.exists() {
+            bail!("disk {} does not exist", d.path.display());
+        }
+    }
+    let slots = slot_plan(cli).len();
+    if slots > layout::VIRTIO_MAX_SLOTS {
+        bail!(
+            "{slots} virtio devices requested; at most {} fit",
+            layout::VIRTIO_MAX_SLOTS
+        );
+    }
+    Ok(())
+}
+
+fn create_guest_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> {
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_size)
+        .into_iter()
+        .map(|(a, l)| (GuestAddress(a), l as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges)
+        .with_context(|| format!("cannot allocate {} MiB of guest memory", mem_size >> 20))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .context("guest memory region has no host mapping")?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the VM
+        // keeps for its whole life (vCPU threads and devices hold clones), so
+        // KVM never sees the mapping go away while the VM can run.
+        unsafe { vm.set_user_memory_region(r) }
+            .with_context(|| format!("KVM_SET_USER_MEMORY_REGION slot {slot}"))?;
+    }
+    Ok(mem)
+}
+
+/// Terminal mode to restore at exit.
+struct RawTerminal(libc::termios);
+
+impl RawTerminal {
+    /// Puts stdin into non-canonical, no-echo mode (signals still work).
+    fn enter() -> Option<Self> {
+        // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a valid termios.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return None;
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            t.c_lflag &= !(libc::ICANON | libc::ECHO);
+            t.c_iflag &= !(libc::ICRNL);
+            t.c_cc[libc::VMIN] = 1;
+            t.c_cc[libc::VTIME] = 0;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return None;
+            }
+            Some(RawTerminal(saved))
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes saved from the same fd.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.0) };
+    }
+}
+
+/// Serial input sources the event loop watches.
+enum SerialInput {
+    None,
+    Stdin,
+    Socket {
+        listener: UnixListener,
+        client: Arc<Mutex<Option<UnixStream>>>,
+    },
+}
+
+/// Runs the VM described by `cli`; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    validate(&cli)?;
+    let snap = match &cli.restore {
+        Some(dir) => Some(snapshot::read_state(dir)?),
+        None => None,
+    };
+    let mem_size = snap.as_ref().map_or(cli.mem, |s| s.mem_size);
+    let vcpu_count = match &snap {
+        Some(s) => u32::try_from(s.vcpus.len())
+            .ok()
+            .filter(|n| (1..=255).contains(n))
+            .ok_or_else(|| anyhow!("snapshot has {} vCPUs", s.vcpus.len()))?,
+        None => cli.vcpus,
+    };
+
+    let kvm = Kvm::new().context("cannot open /dev/kvm")?;
+    let max_vcpus = kvm.get_max_vcpus();
+    if vcpu_count as usize > max_vcpus {
+        bail!("--vcpus {vcpu_count} exceeds KVM's maximum of {max_vcpus}");
+    }
+    let pvm = cpu::host_is_pvm();
+    let vm = kvm.create_vm().context("KVM_CREATE_VM failed")?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+        .context("KVM_SET_IDENTITY_MAP_ADDR")?;
+    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        .context("KVM_SET_TSS_ADDR")?;
+    vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+    let mem = create_guest_memory(&vm, mem_size)?;
+    let control = Arc::new(VmControl::new(vcpu_count as usize).context("cannot create eventfd")?);
+
+    // virtio-mmio devices.
+    let mut mmio = Bus::new();
+    let mut transports: Vec<Arc<Mutex<MmioTransport>>> = Vec::new();
+    let mut infos = Vec::new();
+    let mut dev_infos = Vec::new();
+    for (i, kind) in slot_plan(&cli).iter().enumerate() {
+        let base = layout::virtio_slot_base(i);
+        let gsi = layout::virtio_slot_gsi(i);
+        let dev = create_device(kind)?;
+        let mut t = MmioTransport::new(dev, mem.clone()).map_err(|e| anyhow!("{e}"))?;
+        if let Some(s) = &snap {
+            let ds = s.devices.get(i).ok_or_else(|| {
+                anyhow!(
+                    "the command line has more virtio devices than the snapshot ({})",
+                    s.devices.len()
+                )
+            })?;
+            if ds.kind != kind.name() {
+                bail!(
+                    "virtio slot {i} is {} in the snapshot but {} on the command line",
+                    ds.kind,
+                    kind.name()
+                );
+            }
+            t.restore(&ds.state)
+                .map_err(|e| anyhow!("virtio slot {i}: {e}"))?;
+        }
+        for (q, evt) in t.queue_events().iter().enumerate() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(base + 0x50), q as u32)
+                .with_context(|| format!("KVM_IOEVENTFD for virtio slot {i} queue {q}"))?;
+        }
+        vm.register_irqfd(t.interrupt_event(), gsi)
+            .with_context(|| format!("KVM_IRQFD for virtio slot {i} (GSI {gsi})"))?;
+        let t = Arc::new(Mutex::new(t));
+        mmio.insert(base, layout::VIRTIO_MMIO_SIZE, t.clone() as SharedDevice)?;
+        transports.push(t);
+        infos.push(acpi::MmioDeviceInfo { base, gsi });
+        dev_infos.push(DeviceInfo {
+            slot: i,
+            kind: kind.name(),
+            base,
+            gsi,
+        });
+    }
+
+    if let Some(s) = &snap {
+        if s.devices.len() != infos.len() {
+            bail!(
+                "the snapshot has {} virtio devices, the command line {}",
+                s.devices.len(),
+                infos.len()
+            );
+        }
+    }
+
+    // ACPI and boot (or the snapshot's memory).
+    let entry = match (&snap, &cli.restore) {
+        (Some(_), Some(dir)) => {
+            snapshot::read_memory(dir, &mem)?;
+            if let Some(p) = &cli.dump_dsdt {
+                std::fs::write(p, acpi::build_dsdt(&infos))
+                    .with_context(|| format!("cannot write DSDT to {}", p.display()))?;
+            }
+            None
+        }
+        _ => {
+            let kernel = cli
+                .kernel
+                .clone()
+                .ok_or_else(|| anyhow!("--kernel is required"))?;
+            let (dsdt, rsdp) = acpi::write_tables(&mem, vcpu_count, &infos)?;
+            if let Some(p) = &cli.dump_dsdt {
+                std::fs::write(p, &dsdt)
+                    .with_context(|| format!("cannot write DSDT to {}", p.display()))?;
+            }
+            let boot_info = boot::load(
+                &mem,
+                mem_size,
+                &kernel,
+                cli.initrd.as_deref(),
+                &cli.cmdline,
+                rsdp,
+            )?;
+            Some(boot_info.entry)
+        }
+    };
+
+    // Serial.
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("cannot create eventfd")?;
+    vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
+        .context("KVM_IRQFD for COM1")?;
+    let (out, input) = match &cli.serial {
+        SerialSpec::Stdout => (
+            SerialOut::Stdout(std::io::stdout()),
+            // SAFETY: isatty only inspects fd 0.
+            if unsafe { libc::isatty(0) } == 1 {
+                SerialInput::Stdin
+            } else {
+                SerialInput::None
+            },
+        ),
+        SerialSpec::File(p) => (
+            SerialOut::File(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("cannot open serial output file {}", p.display()))?,
+            ),
+            SerialInput::None,
+        ),
+        SerialSpec::Socket(p) => {
+            let _ = std::fs::remove_file(p);
+            let listener = UnixListener::bind(p)
+                .with_context(|| format!("cannot listen on serial socket {}", p.display()))?;
+            listener.set_nonblocking(true)?;
+            let client = Arc::new(Mutex::new(None));
+            (
+                SerialOut::Socket(client.clone()),
+                SerialInput::Socket { listener, client },
+            )
+        }
+        SerialSpec::None => (SerialOut::Sink, SerialInput::None),
+    };
+    let serial = match &snap {
+        Some(s) => SerialDevice::from_state(serial_irq, out, &SerialState::from(&s.serial))
+            .map_err(anyhow::Error::msg)?,
+        None => SerialDevice::new(serial_irq, out),
+    };
+    let serial = Arc::new(Mutex::new(serial));
+
+    // Port I/O.
+    let mut pio = Bus::new();
+    pio.insert(u64::from(layout::COM1_BASE), 8, serial.clone())?;
+    pio.insert(
+        u64::from(layout::I8042_DATA),
+        5,
+        Arc::new(Mutex::new(I8042::new(control.clone()))),
+    )?;
+    pio.insert(
+        u64::from(layout::ACPI_SLEEP_CONTROL),
+        2,
+        Arc::new(Mutex::new(AcpiSleep::new(control.clone()))),
+    )?;
+    pio.insert(
+        u64::from(layout::ACPI_RESET_REG),
+        1,
+        Arc::new(Mutex::new(AcpiReset::new(control.clone()))),
+    )?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
+
+    // Power button (GED) interrupt for graceful shutdown.
+    let ged_evt = EventFd::new(libc::EFD_NONBLOCK).context("cannot create eventfd")?;
+    vm.register_irqfd(&ged_evt, acpi::GED_GSI)
+        .context("KVM_IRQFD for the power button")?;
+
+    // vCPUs.
+    let base_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .context("KVM_GET_SUPPORTED_CPUID")?;
+    let mut vcpus = Vec::new();
+    for i in 0..vcpu_count {
+        let fd = vm
+            .create_vcpu(u64::from(i))
+            .with_context(|| format!("KVM_CREATE_VCPU {i}"))?;
+        let v = Vcpu::new(
+            i,
+            fd,
+            pio.clone(),
+            mmio.clone(),
+            mem.clone(),
+            control.clone(),
+            pvm,
+        );
+        v.configure(&base_cpuid, vcpu_count, if i == 0 { entry } else { None })
+            .with_context(|| format!("configuring vcpu {i}"))?;
+        if let Some(s) = &snap {
+            snapshot::restore_vcpu(&v.fd, &s.vcpus[i as usize])
+                .with_context(|| format!("restoring vcpu {i}"))?;
+        }
+        vcpus.push(v);
+    }
+    if let Some(s) = &snap {
+        snapshot::restore_vm(&vm, &s.irqchip, &s.clock)
+            .context("restoring the irqchip and clock")?;
+    }
+    let vm = Arc::new(vm);
+
+    let snapshot_dir = match &cli.snapshot_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("cannot create --snapshot-dir {}", d.display()))?;
+            Some(
+                d.canonicalize()
+                    .with_context(|| format!("--snapshot-dir {}", d.display()))?,
+            )
+        }
+        None => None,
+    };
+
+    // Control socket.
+    let api_listener = match &cli.api_sock {
+        Some(p) => {
+            let _ = std::fs::remove_file(p);
+            Some(
+                UnixListener::bind(p)
+                    .with_context(|| format!("cannot listen on control socket {}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    control::install_kick_handler().context("cannot install the vCPU kick signal handler")?;
+    control::install_term_handlers(&control).context("cannot install signal handlers")?;
+
+    // Everything is open: confine the process while it is single-threaded.
+    if !cli.no_jail {
+        let mut keep = Vec::new();
+        if let Some(d) = &snapshot_dir {
+            keep.push(d.clone());
+        }
+        if let Some(vs) = &cli.vsock {
+            // Host-initiated connections use <uds>_<port> listeners next to it.
+            if let Some(dir) = absolute(&vs.uds).parent() {
+                keep.push(dir.to_path_buf());
+            }
+        }
+        let cfg = jail::JailConfig {
+            chroot_base: cli.jail_dir.clone(),
+            id: cli
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("vmm-{}", std::process::id())),
+            uid: cli.jail_uid,
+            gid: cli.jail_gid,
+            keep_paths: keep,
+        };
+        jail::enter(&cfg)?;
+    }
+
+    let api_ctx = Arc::new(ApiContext {
+        control: control.clone(),
+        vcpus: vcpu_count,
+        mem_size,
+        devices: dev_infos,
+        transports: transports.clone(),
+        power_button: ged_evt,
+        jailed: !cli.no_jail,
+        vm: vm.clone(),
+        mem: mem.clone(),
+        serial: serial.clone(),
+        snapshot_dir: snapshot_dir.clone(),
+    });
+
+    // Threads.
+    let mut handles = Vec::new();
+    for mut v in vcpus {
+        let jailed = !cli.no_jail;
+        let c = control.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{}", v.index))
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                if jailed {
+                    if let Err(e) = jail::apply_thread_filter(jail::ThreadKind::Vcpu) {
+                        c.request_exit(ExitReason::Error(format!("vcpu {}: {e}", v.index)));
+                        return;
+                    }
+                }
+                v.run();
+            })
+            .context("cannot spawn vcpu thread")?;
+        control.add_thread(h.as_pthread_t());
+        handles.push(h);
+    }
+    if let Some(l) = api_listener {
+        let ctx = api_ctx.clone();
+        let jailed = !cli.no_jail;
+        std::thread::Builder::new()
+            .name("api".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                if jailed {
+                    if let Err(e) = jail::apply_thread_filter(jail::ThreadKind::Api) {
+                        ctx.control
+                            .request_exit(ExitReason::Error(format!("control socket: {e}")));
+                        return;
+                    }
+                }
+                api::serve(l, &ctx);
+            })
+            .context("cannot spawn control socket thread")?;
+    }
+    if !cli.no_jail {
+        if let Err(e) = jail::apply_thread_filter(jail::ThreadKind::Vmm) {
+            control.request_exit(ExitReason::Error(e.to_string()));
+        }
+    }
+
+    let _raw = match input {
+        SerialInput::Stdin => RawTerminal::enter(),
+        _ => None,
+    };
+    event_loop(&control, &serial, input)?;
+    for h in handles {
+        let _ = h.join();
+    }
+    let reason = control
+        .exit_reason()
+        .unwrap_or_else(|| ExitReason::Error("VM stopped without a reason".into()));
+    match &reason {
+        ExitReason::PowerOff => {}
+        ExitReason::Stopped => eprintln!("bulkhead-vmm: VM stopped on request"),
+        ExitReason::Signal(sig) => eprintln!("bulkhead-vmm: stopped by signal {sig}"),
+        ExitReason::Reset(why) => {
+            eprintln!("bulkhead-vmm: guest requested reset ({why}); stopping")
+        }
+        ExitReason::Error(why) => eprintln!("bulkhead-vmm: {why}"),
+    }
+    Ok(reason.exit_code())
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+const TOKEN_EXIT: u64 = 1;
+const TOKEN_STDIN: u64 = 2;
+const TOKEN_SERIAL_LISTENER: u64 = 3;
+const TOKEN_SERIAL_CLIENT: u64 = 4;
+
+fn epoll_add(ep: &Epoll, fd: RawFd, token: u64) -> Result<()> {
+    ep.ctl(
+        ControlOperation::Add,
+        fd,
+        EpollEvent::new(EventSet::IN, token),
+    )
+    .context("epoll_ctl")
+}
+
+/// Serial input and the stop event, on the main thread.
+fn event_loop(
+    control: &VmControl,
+    serial: &Arc<Mutex<SerialDevice>>,
+    input: SerialInput,
+) -> Result<()> {
+    let ep = Epoll::new().context("epoll_create")?;
+    epoll_add(&ep, control.exit_evt.as_raw_fd(), TOKEN_EXIT)?;
+    let mut stdin_open = false;
+    match &input {
+        SerialInput::Stdin => {
+            epoll_add(&ep, 0, TOKEN_STDIN)?;
+            stdin_open = true;
+        }
+        SerialInput::Socket { listener, .. } => {
+            epoll_add(&ep, listener.as_raw_fd(), TOKEN_SERIAL_LISTENER)?;
+        }
+        SerialInput::None => {}
+    }
+    let mut events = vec![EpollEvent::default(); 8];
+    let mut buf = [0u8; 64];
+    let feed = |bytes: &[u8]| {
+        let mut s = serial.lock().unwrap_or_else(|e| e.into_inner());
+        s.enqueue_input(bytes);
+    };
+    loop {
+        if control.should_stop() {
+            return Ok(());
+        }
+        let n = match ep.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e).context("epoll_wait"),
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_EXIT => {
+                    if let Some(sig) = control::term_signal() {
+                        control.request_exit(ExitReason::Signal(sig));
+                    }
+                    return Ok(());
+                }
+                TOKEN_STDIN if stdin_open => {
+                    let r = std::io::stdin().lock().read(&mut buf);
+                    match r {
+                        Ok(0) | Err(_) => {
+                            let _ = ep.ctl(ControlOperation::Delete, 0, EpollEvent::default());
+                            stdin_open = false;
+                        }
+                        Ok(k) => feed(&buf[..k]),
+                    }
+                }
+                TOKEN_SERIAL_LISTENER => {
+                    if let SerialInput::Socket { listener, client } = &input {
+                        if let Ok((s, _)) = listener.accept() {
+                            let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(old) = c.take() {
+                                let _ = ep.ctl(
+                                    ControlOperation::Delete,
+                                    old.as_raw_fd(),
+                                    EpollEvent::default(),
+                                );
+                            }
+                            let _ = s.set_nonblocking(true);
+                            epoll_add(&ep, s.as_raw_fd(), TOKEN_SERIAL_CLIENT)?;
+                            *c = Some(s);
+                        }
+                    }
+                }
+                TOKEN_SERIAL_CLIENT => {
+                    if let SerialInput::Socket { client, .. } = &input {
+                        let mut c = client.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut gone = true;
+                        if let Some(s) = c.as_mut() {
+                            match s.read(&mut buf) {
+                                Ok(0) => {}
+                                Ok(k) => {
+                                    gone = false;
+                                    drop(c);
+                                    feed(&buf[..k]);
+                                    c = client.lock().unwrap_or_else(|e| e.into_inner());
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                    gone = false
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                        if gone {
+                            if let Some(s) = c.take() {
+                                let _ = ep.ctl(
+                                    ControlOperation::Delete,
+                                    s.as_raw_fd(),
+                                    EpollEvent::default(),
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkernel::{pvh_elf, Ending};
+    use clap::Parser;
+    use std::fs::File;
+    use std::io::Write;
+
+    fn kvm_available() -> bool {
+        if Kvm::new().is_err() {
+            println!("SKIPPED: /dev/kvm cannot be opened");
+            return false;
+        }
+        true
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("bulkhead-vm-{}-{name}", std::process::id()))
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["bulkhead-vmm"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).expect("valid test command line")
+    }
+
+    fn boot(name: &str, ending: Ending, extra: &[&str]) -> (i32, String) {
+        let k = tmp(&format!("{name}.elf"));
+        std::fs::write(&k, pvh_elf(b"BULKHEAD-TEST hello\n", ending)).unwrap();
+        let out = tmp(&format!("{name}.serial"));
+        let _ = std::fs::remove_file(&out);
+        let serial = format!("file:{}", out.display());
+        let mut args = vec![
+            "--kernel",
+            k.to_str().unwrap(),
+            "--mem",
+            "32M",
+            "--serial",
+            serial.as_str(),
+            "--no-jail",
+        ];
+        args.extend_from_slice(extra);
+        let code = run(cli(&args)).expect("VM runs");
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let _ = std::fs::remove_file(&k);
+        let _ = std::fs::remove_file(&out);
+        (code, text)
+    }
+
+    #[test]
+    fn pvh_guest_prints_and_powers_off() {
+        if !kvm_available() {
+            return;
+        }
+        let (code, text) = boot("poweroff", Ending::PowerOff, &[]);
+        assert_eq!(text, "BULKHEAD-TEST hello\n");
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn multi_vcpu_guest_powers_off() {
+        if !kvm_available() {
+            return;
+        }
+        let (code, text) = boot("smp", Ending::PowerOff, &["--vcpus", "4"]);
+        assert_eq!(text, "BULKHEAD-TEST hello\n");
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn i8042_reset_stops_with_code_2() {
+        if !kvm_available() {
+            return;
+        }
+        let (code, text) = boot("reset", Ending::I8042Reset, &[]);
+        assert_eq!(text, "BULKHEAD-TEST hello\n");
+        assert_eq!(code, 2);
+    }
+
+    #[test]
+    fn bad_inputs_are_one_line_errors() {
+        let k = tmp("bad.bin");
+        std::fs::write(&k, [0x42u8; 8192]).unwrap();
+        let ks = k.to_str().unwrap();
+        let e = run(cli(&["--kernel", ks, "--mem", "8M", "--no-jail"])).unwrap_err();
+        assert!(e.to_string().contains("too small"), "{e}");
+        let e = run(cli(&["--kernel", ks, "--vcpus", "0", "--no-jail"])).unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        let e = run(cli(&["--kernel", "/nonexistent/k", "--no-jail"])).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let e = run(cli(&[
+            "--kernel",
+            ks,
+            "--disk",
+            "/nonexistent/d.img",
+            "--no-jail",
+        ]))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("disk /nonexistent/d.img does not exist"),
+            "{e}"
+        );
+        let e = run(cli(&["--kernel", ks, "--mem", "100000G", "--no-jail"])).unwrap_err();
+        assert!(e.to_string().contains("exceeds the host"), "{e}");
+        if kvm_available() {
+            let e = run(cli(&["--kernel", ks, "--vcpus", "100000", "--no-jail"])).unwrap_err();
+            assert!(e.to_string().contains("exceeds"), "{e}");
+            let e = run(cli(&["--kernel", ks, "--no-jail", "--serial", "none"])).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("neither an ELF image with a PVH entry nor a bzImage"),
+                "{e:#}"
+            );
+            // An initrd bigger than guest memory.
+            let good = tmp("good.elf");
+            std::fs::write(&good, pvh_elf(b"x", Ending::PowerOff)).unwrap();
+            let big = tmp("big.initrd");
+            let f = File::create(&big).unwrap();
+            f.set_len(40 << 20).unwrap();
+            let e = run(cli(&[
+                "--kernel",
+                good.to_str().unwrap(),
+                "--initrd",
+                big.to_str().unwrap(),
+                "--mem",
+                "32M",
+                "--serial",
+                "none",
+                "--no-jail",
+            ]))
+            .unwrap_err();
+            assert!(format!("{e:#}").contains("does not fit"), "{e:#}");
+            let _ = std::fs::remove_file(&good);
+            let _ = std::fs::remove_file(&big);
+        }
+        let _ = std::fs::remove_file(&k);
+    }
+
+    fn request(stream: &mut UnixStream, line: &str) -> serde_json::Value {
+        use std::io::BufRead;
+        writeln!(stream, "{line}").unwrap();
+        let mut r = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut resp = String::new();
+        r.read_line(&mut resp).unwrap();
+        serde_json::from_str(&resp).unwrap()
+    }
+
+    #[test]
+    fn control_socket_describe_pause_resume_stop() {
+        if !kvm_available() {
+            return;
+        }
+        let k = tmp("api.elf");
+        std::fs::write(&k, pvh_elf(b"up\n", Ending::Halt)).unwrap();
+        let sock = tmp("api.sock");
+        let ks = k.to_str().unwrap().to_string();
+        let ss = sock.to_str().unwrap().to_string();
+        let vm = std::thread::spawn(move || {
+            run(cli(&[
+                "--kernel",
+                &ks,
+                "--mem",
+                "32M",
+                "--vcpus",
+                "2",
+                "--serial",
+                "none",
+                "--rng",
+                "--api-sock",
+                &ss,
+                "--no-jail",
+            ]))
+        });
+        let mut s = loop {
+            if let Ok(s) = UnixStream::connect(&sock) {
+                break s;
+            }
+            assert!(
+                !vm.is_finished(),
+                "VM ended before its control socket came up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let d = request(&mut s, r#"{"op":"describe"}"#);
+        assert_eq!(d["ok"], true);
+        assert_eq!(d["state"], "running");
+        assert_eq!(d["vcpus"], 2);
+        assert_eq!(d["memory"], 32u64 << 20);
+        assert_eq!(d["devices"][0]["type"], "rng");
+        assert_eq!(d["devices"][0]["base"], 0xD000_0000u64);
+        assert_eq!(d["devices"][0]["gsi"], 5);
+        let p = request(&mut s, r#"{"op":"pause"}"#);
+        assert_eq!(p["state"], "paused", "{p}");
+        assert_eq!(request(&mut s, r#"{"op":"describe"}"#)["state"], "paused");
+        let r = request(&mut s, r#"{"op":"resume"}"#);
+        assert_eq!(r["state"], "running", "{r}");
+        let bad = request(&mut s, r#"{"op":"fly"}"#);
+        assert_eq!(bad["ok"], false);
+        assert!(bad["error"].as_str().unwrap().contains("unknown op"));
+        let bad = request(&mut s, "not json");
+        assert_eq!(bad["ok"], false);
+        // The halted test kernel ignores the power button: shutdown falls
+        // back to a hard stop after the timeout.
+        let sd = request(&mut s, r#"{"op":"shutdown","timeout_secs":1}"#);
+        assert_eq!(sd["ok"], true, "{sd}");
+        assert_eq!(sd["graceful"], false, "{sd}");
+        let code = vm.join().unwrap().unwrap();
+        assert_eq!(code, 0);
+        let _ = std::fs::remove_file(&k);
+        let _ = std::fs::remove_file(&sock);
+    }
+
+    fn wait_for(path: &Path, what: &str, vm: &std::thread::JoinHandle<Result<i32>>) -> String {
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.contains(what) {
+                return text;
+            }
+            assert!(!vm.is_finished(), "VM ended before printing {what:?}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn connect(sock: &Path, vm: &std::thread::JoinHandle<Result<i32>>) -> UnixStream {
+        loop {
+            if let Ok(s) = UnixStream::connect(sock) {
+                return s;
+            }
+            assert!(
+                !vm.is_finished(),
+                "VM ended before its control socket came up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn snapshot_and_restore_continue_the_guest() {
+        if !kvm_available() {
+            return;
+        }
+        let k = tmp("snap.elf");
+        std::fs::write(&k, pvh_elf(b"BULKHEAD-TEST hello\n", Ending::Dots)).unwrap();
+        let dir = tmp("snapdir");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (sock1, out1) = (tmp("snap1.sock"), tmp("snap1.serial"));
+        let (sock2, out2) = (tmp("snap2.sock"), tmp("snap2.serial"));
+        let _ = std::fs::remove_file(&out1);
+        let _ = std::fs::remove_file(&out2);
+        let args1: Vec<String> = vec![
+            "--kernel".into(),
+            k.display().to_string(),
+            "--mem".into(),
+            "32M".into(),
+            "--vcpus".into(),
+            "2".into(),
+            "--rng".into(),
+            "--serial".into(),
+            format!("file:{}", out1.display()),
+            "--api-sock".into(),
+            sock1.display().to_string(),
+            "--no-jail".into(),
+        ];
+        let vm1 = std::thread::spawn(move || {
+            let a: Vec<&str> = args1.iter().map(String::as_str).collect();
+            run(cli(&a))
+        });
+        wait_for(&out1, "hello\n.", &vm1);
+        let mut s = connect(&sock1, &vm1);
+        let d = dir.display().to_string();
+        let early = request(&mut s, &format!(r#"{{"op":"snapshot","dir":"{d}"}}"#));
+        assert_eq!(
+            early["ok"], false,
+            "snapshot of a running VM must be refused"
+        );
+        assert_eq!(request(&mut s, r#"{"op":"pause"}"#)["state"], "paused");
+        let snap = request(&mut s, &format!(r#"{{"op":"snapshot","dir":"{d}"}}"#));
+        assert_eq!(snap["ok"], true, "{snap}");
+        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        assert_eq!(vm1.join().unwrap().unwrap(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.join("memory")).unwrap().len(),
+            32 << 20
+        );
+
+        let args2: Vec<String> = vec![
+            "--restore".into(),
+            d.clone(),
+            "--rng".into(),
+            "--serial".into(),
+            format!("file:{}", out2.display()),
+            "--api-sock".into(),
+            sock2.display().to_string(),
+            "--no-jail".into(),
+        ];
+        let vm2 = std::thread::spawn(move || {
+            let a: Vec<&str> = args2.iter().map(String::as_str).collect();
+            run(cli(&a))
+        });
+        // The restored guest continues its loop: dots, no new greeting.
+        let text = wait_for(&out2, "...", &vm2);
+        assert!(
+            !text.contains("hello"),
+            "restored guest started over: {text:?}"
+        );
+        let mut s = connect(&sock2, &vm2);
+        let desc = request(&mut s, r#"{"op":"describe"}"#);
+        assert_eq!(desc["vcpus"], 2);
+        assert_eq!(desc["memory"], 32u64 << 20);
+        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        assert_eq!(vm2.join().unwrap().unwrap(), 0);
+
+        // A device list that does not match the snapshot is refused.
+        let e = run(cli(&["--restore", &d, "--serial", "none", "--no-jail"])).unwrap_err();
+        assert!(format!("{e:#}").contains("virtio devices"), "{e:#}");
+        for p in [&k, &sock1, &sock2, &out1, &out2] {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

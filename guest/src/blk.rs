@@ -1,0 +1,160 @@
+//! virtio-blk check: reads sector 0 of the first (or `blk.index`-th) block device and
+//! reports its first bytes and FNV-1a checksum; with `blk.write=<text>` writes the text
+//! (zero padded) to sector 1, flushes, reads it back and compares.
+
+use crate::ctx::Ctx;
+use crate::dma::{self, Buf};
+use crate::fmt::{fnv1a32, Line};
+use crate::virtio::{self, Device, Error, Queue, Seg};
+use core::fmt::Write;
+
+const F_RO: u64 = 1 << 5;
+const F_FLUSH: u64 = 1 << 9;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const S_OK: u8 = 0;
+const SECTOR: usize = 512;
+
+struct Blk {
+    dev: Device,
+    q: Queue,
+    hdr: Buf,
+    data: Buf,
+    status: Buf,
+}
+
+impl Blk {
+    fn request(
+        &mut self,
+        ty: u32,
+        sector: u64,
+        with_data: bool,
+        what: &'static str,
+    ) -> Result<(), Error> {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&ty.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        self.hdr.write(0, &h);
+        self.status.write(0, &[0xff]);
+        let hdr = Seg::read(&self.hdr);
+        let st = Seg::write(&self.status);
+        let data = if ty == T_IN {
+            Seg::write(&self.data)
+        } else {
+            Seg::read(&self.data)
+        };
+        let segs_data = [hdr, data, st];
+        let segs_nodata = [hdr, st];
+        let segs: &[Seg] = if with_data { &segs_data } else { &segs_nodata };
+        self.dev.transact(&mut self.q, segs, 0, what)?;
+        let mut s = [0xffu8];
+        self.status.read(0, &mut s);
+        match s[0] {
+            S_OK => Ok(()),
+            1 => Err(Error::Device("request failed: VIRTIO_BLK_S_IOERR")),
+            2 => Err(Error::Device("request failed: VIRTIO_BLK_S_UNSUPP")),
+            _ => Err(Error::Device(
+                "request failed: device did not write the status byte",
+            )),
+        }
+    }
+}
+
+/// Runs the check; writes the report detail into `d`.
+pub fn check(ctx: &Ctx<'_>, d: &mut Line) -> Result<(), Error> {
+    let index = ctx.cmdline.get_u64("blk.index").unwrap_or(0);
+    let index = usize::try_from(index).unwrap_or(usize::MAX);
+    let mut dev = virtio::find_nth(
+        ctx.acpi.as_ref(),
+        virtio::ID_BLOCK,
+        index,
+        "virtio-blk (blk.index)",
+    )?;
+    let features = dev.init(F_RO | F_FLUSH)?;
+    let capacity = dev.config_u64(0);
+    let q = dev.setup_queue(0, 8)?;
+    dev.driver_ok();
+    let (hdr, data, status) = match (
+        dma::alloc(16, 16),
+        dma::alloc(SECTOR, SECTOR),
+        dma::alloc(1, 1),
+    ) {
+        (Some(h), Some(b), Some(s)) => (h, b, s),
+        _ => return Err(Error::Device("out of DMA memory")),
+    };
+    let mut blk = Blk {
+        dev,
+        q,
+        hdr,
+        data,
+        status,
+    };
+    let _ = write!(
+        d,
+        "base={:#x} sectors={capacity} ro={}",
+        blk.dev.base,
+        u8::from(features & F_RO != 0)
+    );
+    if capacity == 0 {
+        return Err(Error::Device("capacity is 0 sectors"));
+    }
+
+    blk.data.zero();
+    blk.request(T_IN, 0, true, "sector 0 read")?;
+    let mut s0 = [0u8; SECTOR];
+    blk.data.read(0, &mut s0);
+    d.push_printable(b" head=");
+    d.push_printable(&s0[..16]);
+    let _ = write!(d, " fnv={:08x}", fnv1a32(&s0));
+
+    if features & F_RO == 0 && ctx.cmdline.get("blk.expect_ro").is_some() {
+        return Err(Error::Device(
+            "blk.expect_ro given but the device is writable (no VIRTIO_BLK_F_RO)",
+        ));
+    }
+    if let Some(text) = ctx.cmdline.get("blk.write") {
+        if features & F_RO != 0 {
+            if ctx.cmdline.get("blk.expect_ro").is_none() {
+                return Err(Error::Device("blk.write given but the device is read-only"));
+            }
+            // The monitor must refuse a write to a read-only disk.
+            blk.data.write(0, &[0xa5; SECTOR]);
+            return match blk.request(T_OUT, 1, true, "sector 1 write (read-only disk)") {
+                Err(Error::Device(_)) => {
+                    d.push_printable(b" write=refused");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+                Ok(()) => Err(Error::Device("device accepted a write to a read-only disk")),
+            };
+        }
+        if capacity < 2 {
+            return Err(Error::Device("blk.write needs at least 2 sectors"));
+        }
+        let mut s1 = [0u8; SECTOR];
+        let n = text.len().min(SECTOR);
+        s1[..n].copy_from_slice(&text[..n]);
+        blk.data.write(0, &s1);
+        blk.request(T_OUT, 1, true, "sector 1 write")?;
+        d.push_printable(b" write=ok");
+        if features & F_FLUSH != 0 {
+            blk.request(T_FLUSH, 0, false, "flush")?;
+            d.push_printable(b" flush=ok");
+        } else {
+            d.push_printable(b" flush=unsupported");
+        }
+        blk.data.zero();
+        blk.request(T_IN, 1, true, "sector 1 read-back")?;
+        let mut back = [0u8; SECTOR];
+        blk.data.read(0, &mut back);
+        if back != s1 {
+            return Err(Error::Device(
+                "sector 1 read back differs from what was written",
+            ));
+        }
+        d.push_printable(b" readback=ok");
+    }
+    blk.dev.reset();
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Process hardening seen from inside and outside: seccomp errno actions, capability sets
+//! and what dropped capabilities forbid, masked and read-only /proc paths, rlimits,
+//! no_new_privs, oom_score_adj, env, cwd, umask, user and additional groups.
+
+use std::fs;
+
+use serde_json::json;
+use system_tests::{proc_status, require_root, Bundle, Zone};
+
+/// Lines `key:value` printed by a zone script.
+fn field(out: &str, k: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{k}:")))
+        .unwrap_or_else(|| panic!("no {k}: line in {out:?}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn seccomp_errno_actions_apply() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.set(
+        "/linux/seccomp",
+        json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+                {"names": ["chmod", "fchmodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 122}
+            ]
+        }),
+    )
+    .sh("mkdir /tmp/x 2>&1; echo mkdir:$?; touch /tmp/f; chmod 600 /tmp/f 2>&1; \
+         echo chmod:$?; echo ok > /tmp/written; cat /tmp/written; \
+         grep Seccomp: /proc/self/status; touch /tmp/ready; sleep 1000");
+    let z = Zone::new(b);
+    z.spawn(Some("/tmp/ready"));
+    let out = z.stdout_log();
+    assert!(out.contains("Function not implemented"), "mkdir not ENOSYS: {out}");
+    assert_ne!(field(&out, "mkdir"), "0");
+    assert!(out.contains("Disk quota exceeded"), "chmod not errno 122: {out}");
+    assert_ne!(field(&out, "chmod"), "0");
+    assert!(out.lines().any(|l| l == "ok"), "other syscalls broken: {out}");
+    assert_eq!(field(&out, "Seccomp"), "2", "{out}");
+    // Outside: nothing was created, and the init carries a filter.
+    assert!(!z.bundle.rootfs().join("tmp/x").exists());
+    assert_eq!(proc_status(z.pid(), "Seccomp").as_deref(), Some("2"));
+}
+
+fn cap_mask(bits: &[u32]) -> String {
+    format!("{:016x}", bits.iter().fold(0u64, |m, b| m | (1 << b)))
+}
+
+#[test]
+fn dropped_capabilities_are_gone() {
+    require_root!();
+    let mut b = Bundle::new();
+    // CAP_KILL (5) and CAP_AUDIT_WRITE (29) only: no CHOWN, SYS_ADMIN, MKNOD.
+    b.capabilities(&["CAP_KILL", "CAP_AUDIT_WRITE"])
+        .set("/process/noNewPrivileges", json!(true))
+        .sh("grep -E '^Cap(Eff|Bnd|Prm|Inh)' /proc/self/status | tr -d '\\t'; \
+             touch /tmp/f; chown 65534 /tmp/f 2>&1; echo chown:$?; \
+             hostname other 2>&1; echo hostname:$?; \
+             mknod /tmp/null c 1 3 2>&1; echo mknod:$?; touch /tmp/ready; sleep 1000");
+    let z = Zone::new(b);
+    z.spawn(Some("/tmp/ready"));
+    let out = z.stdout_log();
+    let want = cap_mask(&[5, 29]);
+    assert_eq!(field(&out, "CapEff"), want, "{out}");
+    assert_eq!(field(&out, "CapBnd"), want, "{out}");
+    assert_eq!(field(&out, "CapPrm"), want, "{out}");
+    for op in ["chown", "hostname", "mknod"] {
+        assert_ne!(field(&out, op), "0", "{op} succeeded without its capability: {out}");
+    }
+    assert!(out.contains("Operation not permitted"), "{out}");
+    // Outside.
+    let pid = z.pid();
+    assert_eq!(proc_status(pid, "CapEff").as_deref(), Some(want.as_str()));
+    assert_eq!(proc_status(pid, "CapBnd").as_deref(), Some(want.as_str()));
+    let rootfs = z.bundle.rootfs();
+    assert!(!rootfs.join("tmp/null").exists(), "mknod created a node");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(rootfs.join("tmp/f")).expect("f").uid(), 0);
+}
+
+#[test]
+fn masked_and_readonly_paths() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.sh("echo kcore:$(head -c 16 /proc/kcore 2>/dev/null | wc -c); \
+          echo keys:$(cat /proc/keys 2>/dev/null | wc -c); \
+          echo timer:$(cat /proc/timer_list 2>/dev/null | wc -c); \
+          echo 1 > /proc/sys/kernel/domainname 2>/dev/null; echo domain:$?; \
+          echo fw:$(ls /sys/firmware 2>/dev/null | wc -l); \
+          touch /tmp/ready; sleep 1000");
+    let z = Zone::new(b);
+    z.spawn(Some("/tmp/ready"));
+    let out = z.stdout_log();
+    assert_eq!(field(&out, "kcore"), "0", "{out}");
+    assert_eq!(field(&out, "keys"), "0", "{out}");
+    assert_eq!(field(&out, "timer"), "0", "{out}");
+    assert_ne!(field(&out, "domain"), "0", "/proc/sys writable: {out}");
+    assert_eq!(field(&out, "fw"), "0", "{out}");
+    // Outside: the zone's mount table covers the paths, /proc/sys read-only.
+    let mi = fs::read_to_string(format!("/proc/{}/mountinfo", z.pid())).expect("mountinfo");
+    let mount_of = |p: &str| mi.lines().find(|l| l.split(' ').nth(4) == Some(p)).map(str::to_string);
+    // Masked paths that exist on this kernel are covered (runc skips absent ones).
+    for p in ["/proc/kcore", "/proc/keys", "/proc/timer_list"] {
+        if std::path::Path::new(p).exists() {
+            assert!(mount_of(p).is_some(), "{p} not masked: {mi}");
+        }
+    }
+    let sys = mount_of("/proc/sys").expect("/proc/sys mount");
+    let opts = sys.split(' ').nth(5).unwrap_or_default();
+    assert!(opts.split(',').any(|o| o == "ro"), "/proc/sys not ro: {sys}");
+}
+
+#[test]
+fn process_settings_apply() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.set(
+        "/process/rlimits",
+        json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256},
+               {"type": "RLIMIT_NPROC", "hard": 1000, "soft": 900}]),
+    )
+    .set("/process/noNewPrivileges", json!(true))
+    .set("/process/oomScoreAdj", json!(123))
+    .set("/process/cwd", json!("/tmp"))
+    .set(
+        "/process/user",
+        json!({"uid": 65534, "gid": 65534, "umask": 23, "additionalGids": [1234, 5678]}),
+    )
+    .env("ZONE_GREETING=hello zone")
+    .sh("echo nofile:$(ulimit -n); echo nofileh:$(ulimit -Hn); echo nproc:$(ulimit -u); \
+         grep NoNewPrivs: /proc/self/status | tr -d '\\t'; \
+         echo oom:$(cat /proc/self/oom_score_adj); echo env:$ZONE_GREETING; \
+         echo cwd:$(pwd); echo umask:$(umask); \
+         echo uid:$(id -u); echo gid:$(id -g); echo groups:$(id -G); \
+         : > /tmp/ready; exec sleep 1000");
+    let z = Zone::new(b);
+    z.spawn(Some("/tmp/ready"));
+    let out = z.stdout_log();
+    assert_eq!(field(&out, "nofile"), "256", "{out}");
+    assert_eq!(field(&out, "nofileh"), "512", "{out}");
+    assert_eq!(field(&out, "nproc"), "900", "{out}");
+    assert_eq!(field(&out, "NoNewPrivs"), "1", "{out}");
+    assert_eq!(field(&out, "oom"), "123", "{out}");
+    assert_eq!(field(&out, "env"), "hello zone", "{out}");
+    assert_eq!(field(&out, "cwd"), "/tmp", "{out}");
+    assert_eq!(field(&out, "umask"), "0027", "{out}");
+    assert_eq!(field(&out, "uid"), "65534", "{out}");
+    assert_eq!(field(&out, "gid"), "65534", "{out}");
+    let groups = field(&out, "groups");
+    assert!(groups.split(' ').any(|g| g == "1234") && groups.split(' ').any(|g| g == "5678"),
+        "{out}");
+    // Outside: the init (now `sleep`, same process) as the host sees it.
+    let pid = z.pid();
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let nofile = limits.lines().find(|l| l.starts_with("Max open files")).expect("nofile");
+    assert_eq!(nofile.split_whitespace().collect::<Vec<_>>()[3..5], ["256", "512"]);
+    assert_eq!(proc_status(pid, "NoNewPrivs").as_deref(), Some("1"));
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).expect("oom").trim(),
+        "123"
+    );
+    let uid = proc_status(pid, "Uid").expect("Uid");
+    assert!(uid.split_whitespace().all(|u| u == "65534"), "{uid}");
+    let g = proc_status(pid, "Groups").expect("Groups");
+    assert!(g.contains("1234") && g.contains("5678"), "{g}");
+    let environ = fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(environ.split(|c| *c == 0).any(|e| e == b"ZONE_GREETING=hello zone"));
+    assert_eq!(proc_status(pid, "Umask").as_deref(), Some("0027"));
+}
