@@ -19,7 +19,11 @@ fn ctr_run_rm_propagates_exit_code_and_output() {
     require_root!();
     let Some(c) = daemon() else { return };
     let id = unique_id("ctr");
-    let o = c.run(&["--rm"], &id, &["sh", "-c", "echo out-line; hostname; exit 3"]);
+    let o = c.run(
+        &["--rm"],
+        &id,
+        &["sh", "-c", "echo out-line; hostname; exit 3"],
+    );
     assert_eq!(o.code, 3, "{o:#?}\ncontainerd log:\n{}", c.log());
     let lines: Vec<&str> = o.stdout.lines().map(str::trim).collect();
     assert_eq!(lines.first(), Some(&"out-line"), "{o:#?}");
@@ -35,17 +39,37 @@ fn ctr_task_exec_and_kill() {
     require_root!();
     let Some(c) = daemon() else { return };
     let id = unique_id("ctr");
-    let o = c.run(&["-d"], &id, &["sh", "-c", "trap 'exit 9' TERM; while :; do sleep 1; done"]);
+    let o = c.run(
+        &["-d"],
+        &id,
+        &["sh", "-c", "trap 'exit 9' TERM; while :; do sleep 1; done"],
+    );
     assert_eq!(o.code, 0, "{o:#?}\ncontainerd log:\n{}", c.log());
     let ls = c.ctr_out(&["task", "ls"]);
-    let row = ls.ok().stdout.lines().find(|l| l.starts_with(&id)).map(str::to_string);
+    let row = ls
+        .ok()
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .map(str::to_string);
     let row = row.unwrap_or_else(|| panic!("task not listed: {ls:#?}"));
     assert!(row.contains("RUNNING"), "{row}");
-    let pid: i32 = row.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("pid");
+    let pid: i32 = row
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
     assert!(std::fs::metadata(format!("/proc/{pid}")).is_ok());
 
     let o = c.ctr_out(&[
-        "task", "exec", "--exec-id", "e1", &id, "sh", "-c", "echo in-exec $$; exit 6",
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "sh",
+        "-c",
+        "echo in-exec $$; exit 6",
     ]);
     assert_eq!(o.code, 6, "{o:#?}");
     assert!(o.stdout.starts_with("in-exec "), "{o:#?}");
@@ -62,6 +86,9 @@ fn ctr_task_exec_and_kill() {
     assert!(st.contains("STOPPED"));
     let o = c.ctr_out(&["task", "delete", &id]);
     o.ok();
-    assert!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "zone init still alive");
+    assert!(
+        std::fs::metadata(format!("/proc/{pid}")).is_err(),
+        "zone init still alive"
+    );
     c.ctr_out(&["containers", "delete", &id]).ok();
 }

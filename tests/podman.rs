@@ -20,7 +20,10 @@ fn podman() -> Option<Podman> {
 fn run_rm_propagates_exit_code_and_output() {
     require_root!();
     let Some(p) = podman() else { return };
-    let o = p.run(&["--rm"], &["sh", "-c", "echo out-line; echo err-line >&2; exit 5"]);
+    let o = p.run(
+        &["--rm"],
+        &["sh", "-c", "echo out-line; echo err-line >&2; exit 5"],
+    );
     assert_eq!(o.code, 5, "{o:#?}");
     assert_eq!(o.out(), "out-line", "{o:#?}");
     assert!(o.stderr.contains("err-line"), "{o:#?}");
@@ -55,7 +58,10 @@ fn run_it_with_a_terminal() {
         t.lines().filter(|l| l.contains("/dev/pts/")).count() >= 1 && t.contains("\nhi")
     });
     let status = child.wait().expect("wait podman");
-    assert!(text.lines().any(|l| l.trim() == "hi"), "no hi from the terminal: {text:?}");
+    assert!(
+        text.lines().any(|l| l.trim() == "hi"),
+        "no hi from the terminal: {text:?}"
+    );
     assert!(
         text.lines().any(|l| l.trim().starts_with("/dev/pts/")),
         "zone stdin is not a tty: {text:?}"
@@ -69,9 +75,19 @@ fn exec_and_stop() {
     let Some(p) = podman() else { return };
     let name = system_tests::unique_id("pm");
     p.run(&["-d", "--name", &name], &["sleep", "1000"]).ok();
-    let o = p.podman(&["exec", &name, "sh", "-c", "echo in-exec; ps -o comm | grep -c sleep; exit 4"]);
+    let o = p.podman(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "echo in-exec; ps -o comm | grep -c sleep; exit 4",
+    ]);
     assert_eq!(o.code, 4, "{o:#?}");
-    assert_eq!(o.stdout.lines().collect::<Vec<_>>(), ["in-exec", "1"], "{o:#?}");
+    assert_eq!(
+        o.stdout.lines().collect::<Vec<_>>(),
+        ["in-exec", "1"],
+        "{o:#?}"
+    );
     let pid: i32 = p
         .podman(&["inspect", "--format", "{{.State.Pid}}", &name])
         .ok()
@@ -82,7 +98,10 @@ fn exec_and_stop() {
     p.podman(&["stop", "--time", "1", &name]).ok();
     let st = p.podman(&["inspect", "--format", "{{.State.Status}}", &name]);
     assert_eq!(st.ok().out(), "exited");
-    assert!(fs::metadata(format!("/proc/{pid}")).is_err(), "zone init still alive");
+    assert!(
+        fs::metadata(format!("/proc/{pid}")).is_err(),
+        "zone init still alive"
+    );
 }
 
 #[test]
@@ -91,12 +110,23 @@ fn memory_and_pids_limits() {
     let Some(p) = podman() else { return };
     let name = system_tests::unique_id("pm");
     p.run(
-        &["-d", "--name", &name, "--memory", "48m", "--pids-limit", "42"],
+        &[
+            "-d",
+            "--name",
+            &name,
+            "--memory",
+            "48m",
+            "--pids-limit",
+            "42",
+        ],
         &["sleep", "1000"],
     )
     .ok();
     let o = p.podman(&[
-        "exec", &name, "sh", "-c",
+        "exec",
+        &name,
+        "sh",
+        "-c",
         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null \
          || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max",
     ]);
@@ -126,7 +156,8 @@ fn memory_and_pids_limits() {
         let lim = fs::read_to_string(format!("/sys/fs/cgroup/memory{m}/memory.limit_in_bytes"))
             .expect("memory.limit_in_bytes");
         assert_eq!(lim.trim(), (48u64 << 20).to_string());
-        let max = fs::read_to_string(format!("/sys/fs/cgroup/pids{pp}/pids.max")).expect("pids.max");
+        let max =
+            fs::read_to_string(format!("/sys/fs/cgroup/pids{pp}/pids.max")).expect("pids.max");
         assert_eq!(max.trim(), "42");
     } else {
         let u = path_of("").expect("unified cgroup");

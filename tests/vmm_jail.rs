@@ -29,7 +29,13 @@ fn ns(pid: &str, kind: &str) -> String {
 #[test]
 fn running_monitor_is_confined() {
     require_kvm!();
-    let mut vm = Vm::start(&VmSpec::guest("checks=tick tick.count=100000").with_api());
+    let base = vmm::Scratch::new("bh-jail-base");
+    let mut vm = Vm::start(
+        &VmSpec::guest("checks=tick tick.count=100000")
+            .with_api()
+            .args(["--id", "jail-test-vm", "--jail-dir"])
+            .arg(base.path().display().to_string()),
+    );
     vm.wait_serial("a tick", |r| !r.ticks().is_empty());
     let pid = vm.pid().to_string();
 
@@ -69,8 +75,21 @@ fn running_monitor_is_confined() {
     // Still working: the guest keeps ticking under the jail.
     let n = vm.report().ticks().len();
     vm.wait_serial("more ticks", |r| r.ticks().len() > n);
+    // The jail's root lives on a tmpfs in the monitor's own mount
+    // namespace: the host's jail directory stays empty, during and after.
+    let host_view = || -> Vec<String> {
+        fs::read_dir(base.path())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(host_view(), Vec::<String>::new(), "while running");
     vm.api_ok(serde_json::json!({"op": "stop"}));
     vm.wait_guarded(vmm::HANG_GUARD);
+    assert_eq!(host_view(), Vec::<String>::new(), "after exit");
 }
 
 #[test]

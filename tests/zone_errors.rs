@@ -17,8 +17,11 @@ fn create(z: &Zone) -> Out {
 fn malformed_json_is_rejected() {
     require_root!();
     let z = Zone::new(Bundle::new());
-    fs::write(z.bundle.path().join("config.json"), "{\"ociVersion\": \"1.0.2\", \"process\": {")
-        .expect("write");
+    fs::write(
+        z.bundle.path().join("config.json"),
+        "{\"ociVersion\": \"1.0.2\", \"process\": {",
+    )
+    .expect("write");
     let o = create(&z);
     o.fails_with_one_line_any(&["json", "config.json", "eof", "parse", "end of"]);
     z.assert_nothing_left();
@@ -91,7 +94,10 @@ fn duplicate_id_is_rejected_and_original_survives() {
     // The first zone is untouched.
     assert_eq!(z.state()["status"], "created");
     assert_eq!(z.state()["pid"].as_i64(), Some(pid as i64));
-    assert!(cg.iter().any(|d| d.exists()), "original zone lost its cgroup");
+    assert!(
+        cg.iter().any(|d| d.exists()),
+        "original zone lost its cgroup"
+    );
 }
 
 #[test]
@@ -109,11 +115,17 @@ fn unknown_id_is_reported() {
     ] {
         let o = z.rt(&verb);
         o.fails_with_one_line_any(&["no-such-zone", "does not exist", "not found"]);
-        assert!(!z.state_root().join("no-such-zone").exists(), "{verb:?} made a state dir");
+        assert!(
+            !z.state_root().join("no-such-zone").exists(),
+            "{verb:?} made a state dir"
+        );
     }
     let after = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert_eq!(
-        before.lines().filter(|l| l.contains("no-such-zone")).count(),
+        before
+            .lines()
+            .filter(|l| l.contains("no-such-zone"))
+            .count(),
         after.lines().filter(|l| l.contains("no-such-zone")).count()
     );
 }

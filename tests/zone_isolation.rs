@@ -26,7 +26,11 @@ fn pid_namespace_shows_only_zone_processes() {
             Some((it.next()?.parse().ok()?, it.next()?.to_string()))
         })
         .collect();
-    assert_eq!(procs.len(), 3, "unexpected processes inside the zone: {out}");
+    assert_eq!(
+        procs.len(),
+        3,
+        "unexpected processes inside the zone: {out}"
+    );
     assert!(procs.iter().any(|(p, c)| *p == 1 && c == "sh"), "{out}");
     assert!(procs.iter().all(|(p, _)| *p < 10), "{out}");
     // Outside: the init's host pid is not 1 and its NSpid shows both levels, ending in 1.
@@ -47,13 +51,17 @@ fn hostname_is_the_zones() {
     require_root!();
     let host_before = nix::unistd::gethostname().expect("gethostname");
     let mut b = Bundle::new();
-    b.set("/hostname", json!("zone-hn-test")).sh("hostname; cat /proc/sys/kernel/hostname");
+    b.set("/hostname", json!("zone-hn-test"))
+        .sh("hostname; cat /proc/sys/kernel/hostname");
     let z = Zone::new(b);
     let o = z.run();
     o.ok();
     let lines: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(lines, ["zone-hn-test", "zone-hn-test"], "{o:#?}");
-    assert_eq!(nix::unistd::gethostname().expect("gethostname"), host_before);
+    assert_eq!(
+        nix::unistd::gethostname().expect("gethostname"),
+        host_before
+    );
 }
 
 #[test]
@@ -67,11 +75,19 @@ fn filesystem_outside_root_is_unreachable() {
     let hostp = host.path().to_str().expect("utf8").to_string();
     symlink("/../../etc", rootfs.join("escape")).expect("symlink");
     symlink(format!("{hostp}/abs"), rootfs.join("mnt/abs")).expect("symlink");
-    symlink(format!("../../../../../../..{hostp}/rel"), rootfs.join("mnt/rel")).expect("symlink");
-    b.mount(json!({"destination": "/mnt/abs/sub", "type": "tmpfs", "source": "tmpfs",
-                   "options": ["size=1m"]}));
-    b.mount(json!({"destination": "/mnt/rel/sub", "type": "tmpfs", "source": "tmpfs",
-                   "options": ["size=1m"]}));
+    symlink(
+        format!("../../../../../../..{hostp}/rel"),
+        rootfs.join("mnt/rel"),
+    )
+    .expect("symlink");
+    b.mount(
+        json!({"destination": "/mnt/abs/sub", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["size=1m"]}),
+    );
+    b.mount(
+        json!({"destination": "/mnt/rel/sub", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["size=1m"]}),
+    );
     b.sh(&format!(
         "echo root:$(ls / | tr '\\n' ' '); echo dotdot:$(ls /.. | tr '\\n' ' '); \
          cd ../../..; echo cd:$(pwd):$(ls | tr '\\n' ' '); cd /; \
@@ -95,28 +111,56 @@ fn filesystem_outside_root_is_unreachable() {
     let root = field("root");
     assert!(root.contains("bin") && root.contains("escape"), "{out}");
     assert_eq!(field("dotdot"), root, "ls /.. differs from ls /");
-    assert_eq!(field("cd"), format!("/:{root}"), "cd ../../.. left the root");
+    assert_eq!(
+        field("cd"),
+        format!("/:{root}"),
+        "cd ../../.. left the root"
+    );
     // The zone's /etc/passwd has 2 lines (root, nobody); the host's has more.
     assert_eq!(field("escape"), "2", "symlink to /../../etc escaped: {out}");
     assert_eq!(field("sentinel"), "1", "host dir visible inside: {out}");
-    assert_eq!(field("abs"), "1", "absolute symlink mount not inside root: {out}");
-    assert_eq!(field("rel"), "1", "relative symlink mount not inside root: {out}");
+    assert_eq!(
+        field("abs"),
+        "1",
+        "absolute symlink mount not inside root: {out}"
+    );
+    assert_eq!(
+        field("rel"),
+        "1",
+        "relative symlink mount not inside root: {out}"
+    );
     // `ls` itself holds fd 3 (the directory it reads); anything more leaked from the runtime.
     assert_eq!(field("fds"), "0 1 2 3", "leaked fds in the zone: {out}");
     assert_eq!(field("cwd"), "/", "{out}");
     // Outside: nothing was created or mounted on the host path; the mounts landed in rootfs.
-    assert!(!host.path().join("abs").exists(), "mount created a dir on the host");
-    assert!(!host.path().join("rel").exists(), "mount created a dir on the host");
+    assert!(
+        !host.path().join("abs").exists(),
+        "mount created a dir on the host"
+    );
+    assert!(
+        !host.path().join("rel").exists(),
+        "mount created a dir on the host"
+    );
     let inside = rootfs.join(hostp.trim_start_matches('/'));
-    assert!(inside.join("abs/sub").is_dir(), "abs mount point not under rootfs");
-    assert!(inside.join("rel/sub").is_dir(), "rel mount point not under rootfs");
+    assert!(
+        inside.join("abs/sub").is_dir(),
+        "abs mount point not under rootfs"
+    );
+    assert!(
+        inside.join("rel/sub").is_dir(),
+        "rel mount point not under rootfs"
+    );
     assert!(system_tests::mounts_mentioning(host.path()).is_empty());
     let pid = z.pid();
     // The init's cwd and root (seen through /proc) are the rootfs directory itself.
     let want = fs::metadata(&rootfs).expect("rootfs");
     for link in ["cwd", "root"] {
         let md = fs::metadata(format!("/proc/{pid}/{link}")).expect("proc link");
-        assert_eq!((md.dev(), md.ino()), (want.dev(), want.ino()), "{link} is not the rootfs");
+        assert_eq!(
+            (md.dev(), md.ino()),
+            (want.dev(), want.ino()),
+            "{link} is not the rootfs"
+        );
     }
     let fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fd dir")
@@ -136,17 +180,25 @@ fn user_namespace_maps_root_to_unprivileged_host_uid() {
     b.userns(100000, 65536)
         .mount(json!({"destination": "/mnt/host", "type": "bind",
                       "source": shared.path(), "options": ["rbind", "rw"]}))
-        .sh("id -u > /tmp/idu; id -g >> /tmp/idu; echo x > /mnt/host/created; \
-             touch /tmp/ready; sleep 1000");
+        .sh(
+            "id -u > /tmp/idu; id -g >> /tmp/idu; echo x > /mnt/host/created; \
+             touch /tmp/ready; sleep 1000",
+        );
     let z = Zone::new(b);
     z.spawn(Some("/tmp/ready"));
     let inside = fs::read_to_string(z.bundle.rootfs().join("tmp/idu")).expect("idu");
     assert_eq!(inside.lines().collect::<Vec<_>>(), ["0", "0"]);
     let pid = z.pid();
     let uid = proc_status(pid, "Uid").expect("Uid");
-    assert!(uid.split_whitespace().all(|u| u == "100000"), "host Uid: {uid}");
+    assert!(
+        uid.split_whitespace().all(|u| u == "100000"),
+        "host Uid: {uid}"
+    );
     let gid = proc_status(pid, "Gid").expect("Gid");
-    assert!(gid.split_whitespace().all(|g| g == "100000"), "host Gid: {gid}");
+    assert!(
+        gid.split_whitespace().all(|g| g == "100000"),
+        "host Gid: {gid}"
+    );
     let md = fs::metadata(shared.path().join("created")).expect("created file");
     assert_eq!((md.uid(), md.gid()), (100000, 100000));
     let map = fs::read_to_string(format!("/proc/{pid}/uid_map")).expect("uid_map");

@@ -21,12 +21,21 @@ fn state_goes_created_running_stopped() {
     assert_eq!(s["id"], z.id.as_str());
     let pid = s["pid"].as_i64().expect("pid") as i32;
     assert_eq!(pid, z.pid(), "state pid differs from --pid-file");
-    assert!(fs::metadata(format!("/proc/{pid}")).is_ok(), "created init not alive");
+    assert!(
+        fs::metadata(format!("/proc/{pid}")).is_ok(),
+        "created init not alive"
+    );
     let bundle = fs::canonicalize(z.bundle.path()).expect("canon");
-    assert_eq!(s["bundle"].as_str().map(std::path::PathBuf::from), Some(bundle.clone()));
+    assert_eq!(
+        s["bundle"].as_str().map(std::path::PathBuf::from),
+        Some(bundle.clone())
+    );
     assert!(s["ociVersion"].is_string(), "{s}");
     // The user process has not run yet.
-    assert!(!z.bundle.rootfs().join("tmp/ready").exists(), "process ran before start");
+    assert!(
+        !z.bundle.rootfs().join("tmp/ready").exists(),
+        "process ran before start"
+    );
 
     z.start();
     system_tests::wait_for("zone to run", || {
@@ -52,7 +61,8 @@ fn state_goes_created_running_stopped() {
 
     z.delete(false).ok();
     z.assert_nothing_left();
-    z.rt(&["state", &z.id]).fails_with_one_line_any(&[&z.id, "does not exist", "not found"]);
+    z.rt(&["state", &z.id])
+        .fails_with_one_line_any(&[&z.id, "does not exist", "not found"]);
 }
 
 #[test]
@@ -77,7 +87,8 @@ fn ps_lists_zone_processes() {
 fn exec_runs_in_the_zone() {
     require_root!();
     let mut b = Bundle::new();
-    b.set("/hostname", json!("exec-zone")).sh(": > /tmp/ready; exec sleep 1000");
+    b.set("/hostname", json!("exec-zone"))
+        .sh(": > /tmp/ready; exec sleep 1000");
     let z = Zone::new(b);
     z.spawn(Some("/tmp/ready"));
     let o = z.exec(&[], &["sh", "-c", "hostname; echo $$; exit 3"]);
@@ -90,7 +101,10 @@ fn exec_runs_in_the_zone() {
     let o = z.exec(&["--cwd", "/tmp"], &["pwd"]);
     assert_eq!(o.ok().out(), "/tmp");
     let o = z.exec(&["--user", "65534:65534"], &["sh", "-c", "id -u; id -g"]);
-    assert_eq!(o.ok().stdout.lines().collect::<Vec<_>>(), ["65534", "65534"]);
+    assert_eq!(
+        o.ok().stdout.lines().collect::<Vec<_>>(),
+        ["65534", "65534"]
+    );
 
     let pidfile = z.bundle.path().join("exec.pid");
     let pf = pidfile.to_str().expect("utf8");
@@ -103,7 +117,11 @@ fn exec_runs_in_the_zone() {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
     assert_eq!(cmdline, b"sleep\0999\0");
     let ns = proc_status(pid, "NSpid").expect("NSpid");
-    assert_eq!(ns.split_whitespace().count(), 2, "detached exec not in the zone: {ns}");
+    assert_eq!(
+        ns.split_whitespace().count(),
+        2,
+        "detached exec not in the zone: {ns}"
+    );
     assert_eq!(
         fs::read_link(format!("/proc/{pid}/ns/pid")).expect("ns"),
         fs::read_link(format!("/proc/{}/ns/pid", z.pid())).expect("ns")
@@ -117,8 +135,10 @@ fn exec_runs_in_the_zone() {
 fn kill_delivers_signals() {
     require_root!();
     let mut b = Bundle::new();
-    b.sh("trap 'echo term > /tmp/term; exit 7' TERM; : > /tmp/ready; \
-          while :; do sleep 1; done");
+    b.sh(
+        "trap 'echo term > /tmp/term; exit 7' TERM; : > /tmp/ready; \
+          while :; do sleep 1; done",
+    );
     let z = Zone::new(b);
     z.spawn(Some("/tmp/ready"));
     z.kill("TERM").ok();
@@ -201,7 +221,10 @@ fn hooks_run_with_state_on_stdin() {
     }
     // runtime-spec lifecycle steps 6-9: poststart runs after `start` ran the process
     // (runc < 1.2 runs it during create: opencontainers/runc#1710, fixed by #5186).
-    assert!(read_hook(h, "poststart").is_none(), "poststart ran at create, before start");
+    assert!(
+        read_hook(h, "poststart").is_none(),
+        "poststart ran at create, before start"
+    );
     z.start();
     let s = system_tests::wait_for("poststart hook", || read_hook(h, "poststart"));
     assert_eq!(s["id"], z.id.as_str(), "{s}");
@@ -250,12 +273,19 @@ fn console_socket_receives_the_pty_master() {
             .arg(&id);
         std::thread::spawn(move || system_tests::run_cmd(&mut c))
     };
-    let (conn, _) = listener.accept().expect("runtime connects to the console socket");
+    let (conn, _) = listener
+        .accept()
+        .expect("runtime connects to the console socket");
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
-        .expect("recvmsg");
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .expect("recvmsg");
     let mut master = None;
     for c in msg.cmsgs().expect("cmsgs") {
         if let ControlMessageOwned::ScmRights(fds) = c {
@@ -289,11 +319,7 @@ fn spec_writes_a_config_that_runs() {
     let b = Bundle::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let z = Zone::new(b);
-    let o = z.rt(&[
-        "spec".as_ref(),
-        "--bundle".as_ref(),
-        dir.path().as_os_str(),
-    ]);
+    let o = z.rt(&["spec".as_ref(), "--bundle".as_ref(), dir.path().as_os_str()]);
     o.ok();
     let text = fs::read_to_string(dir.path().join("config.json")).expect("spec wrote config.json");
     let mut cfg: Value = serde_json::from_str(&text).expect("spec config is JSON");
@@ -318,9 +344,14 @@ fn features_is_json() {
     let v: Value = serde_json::from_str(o.ok().out()).expect("features JSON");
     assert!(v["ociVersionMin"].is_string(), "{v}");
     assert!(v["ociVersionMax"].is_string(), "{v}");
-    let ns = v["linux"]["namespaces"].as_array().expect("linux.namespaces");
+    let ns = v["linux"]["namespaces"]
+        .as_array()
+        .expect("linux.namespaces");
     for want in ["pid", "mount", "user", "network", "uts", "ipc"] {
-        assert!(ns.iter().any(|n| n == want), "features lacks namespace {want}: {v}");
+        assert!(
+            ns.iter().any(|n| n == want),
+            "features lacks namespace {want}: {v}"
+        );
     }
     assert!(v["hooks"].as_array().is_some_and(|h| !h.is_empty()), "{v}");
 }

@@ -23,10 +23,20 @@ fn memory_cap_oom_kills_the_zone_and_host_survives() {
     z.create().start();
     let code = z.wait();
     let out = z.stdout_log();
-    assert_eq!(code, 128 + 9, "zone was not SIGKILLed by the OOM killer; output {out:?}");
-    assert!(!out.contains("survived"), "allocation succeeded under the cap: {out}");
+    assert_eq!(
+        code,
+        128 + 9,
+        "zone was not SIGKILLed by the OOM killer; output {out:?}"
+    );
+    assert!(
+        !out.contains("survived"),
+        "allocation succeeded under the cap: {out}"
+    );
     // Inside, the zone saw its limit.
-    assert_eq!(out.lines().next().map(str::trim), Some((16 * MIB).to_string().as_str()));
+    assert_eq!(
+        out.lines().next().map(str::trim),
+        Some((16 * MIB).to_string().as_str())
+    );
     // Outside: the cgroup recorded hitting the limit / an OOM kill.
     if let Some(oom) = z.cgroup_file("memory", "memory.oom_control") {
         let kills = oom
@@ -38,14 +48,22 @@ fn memory_cap_oom_kills_the_zone_and_host_survives() {
             .cgroup_file("memory", "memory.failcnt")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        assert!(kills >= 1 && failcnt > 0, "oom_control {oom:?} failcnt {failcnt}");
+        assert!(
+            kills >= 1 && failcnt > 0,
+            "oom_control {oom:?} failcnt {failcnt}"
+        );
         assert_eq!(
             z.cgroup_file("memory", "memory.limit_in_bytes").as_deref(),
             Some((16 * MIB).to_string().as_str())
         );
     } else {
-        let events = z.cgroup_file("memory", "memory.events").expect("memory.events");
-        assert!(events.contains("oom_kill 1") || events.contains("oom_kill"), "{events}");
+        let events = z
+            .cgroup_file("memory", "memory.events")
+            .expect("memory.events");
+        assert!(
+            events.contains("oom_kill 1") || events.contains("oom_kill"),
+            "{events}"
+        );
     }
     // The host and this test process survived: we are still here, and can still run things.
     let o = system_tests::run_cmd(std::process::Command::new("/bin/busybox").arg("true"));
@@ -75,7 +93,10 @@ fn pids_cap_makes_fork_fail() {
     let out = z.stdout_log();
     let mut lines = out.lines();
     assert_eq!(lines.next().map(str::trim), Some("20"), "{out}");
-    let inside: u64 = lines.next().and_then(|l| l.trim().parse().ok()).expect("pids.current");
+    let inside: u64 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("pids.current");
     assert!(inside <= 20, "pids.current inside {inside}");
     let max = z.cgroup_file("pids", "pids.max").expect("pids.max");
     assert_eq!(max, "20");
@@ -83,7 +104,10 @@ fn pids_cap_makes_fork_fail() {
         .cgroup_file("pids", "pids.current")
         .and_then(|v| v.parse().ok())
         .expect("pids.current");
-    assert!(current <= 20 && current >= 10, "pids.current on host {current}; inside {out:?}");
+    assert!(
+        (10..=20).contains(&current),
+        "pids.current on host {current}; inside {out:?}"
+    );
     let events = z.cgroup_file("pids", "pids.events").unwrap_or_default();
     let hits: u64 = events
         .split_whitespace()
@@ -105,8 +129,10 @@ fn counter(z: &Zone) -> Option<u64> {
 fn pause_freezes_and_resume_continues() {
     require_root!();
     let mut b = Bundle::new();
-    b.sh("i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; \
-          mv /tmp/counter.new /tmp/counter; usleep 20000; done");
+    b.sh(
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; \
+          mv /tmp/counter.new /tmp/counter; usleep 20000; done",
+    );
     let z = Zone::new(b);
     z.spawn(Some("/tmp/counter"));
     z.rt(&["pause", &z.id]).ok();
@@ -114,7 +140,10 @@ fn pause_freezes_and_resume_continues() {
     if let Some(st) = z.cgroup_file("freezer", "freezer.state") {
         assert_eq!(st, "FROZEN");
     } else {
-        assert_eq!(z.cgroup_file("freezer", "cgroup.freeze").as_deref(), Some("1"));
+        assert_eq!(
+            z.cgroup_file("freezer", "cgroup.freeze").as_deref(),
+            Some("1")
+        );
     }
     let frozen = counter(&z).expect("counter");
     std::thread::sleep(Duration::from_millis(1500));
@@ -135,7 +164,9 @@ fn pause_freezes_and_resume_continues() {
 fn update_changes_limits_while_running() {
     require_root!();
     let mut b = Bundle::new();
-    b.memory_limit(64 * MIB).pids_limit(50).sh("touch /tmp/ready; sleep 1000");
+    b.memory_limit(64 * MIB)
+        .pids_limit(50)
+        .sh("touch /tmp/ready; sleep 1000");
     let z = Zone::new(b);
     z.spawn(Some("/tmp/ready"));
     assert_eq!(z.cgroup_file("pids", "pids.max").as_deref(), Some("50"));
@@ -159,7 +190,8 @@ fn update_changes_limits_while_running() {
 fn events_stats_report_memory_and_pids() {
     require_root!();
     let mut b = Bundle::new();
-    b.memory_limit(64 * MIB).sh("sleep 1000 & sleep 1000 & touch /tmp/ready; wait");
+    b.memory_limit(64 * MIB)
+        .sh("sleep 1000 & sleep 1000 & : > /tmp/ready; wait");
     let z = Zone::new(b);
     z.spawn(Some("/tmp/ready"));
     let o = z.rt(&["events", "--stats", &z.id]);
@@ -169,9 +201,13 @@ fn events_stats_report_memory_and_pids() {
     assert_eq!(v["id"], z.id.as_str(), "{v}");
     let data = &v["data"];
     assert_eq!(data["pids"]["current"], 3, "{v}");
-    let usage = data["memory"]["usage"]["usage"].as_u64().expect("memory.usage.usage");
+    let usage = data["memory"]["usage"]["usage"]
+        .as_u64()
+        .expect("memory.usage.usage");
     assert!(usage > 0, "{v}");
-    let limit = data["memory"]["usage"]["limit"].as_i64().expect("memory.usage.limit");
+    let limit = data["memory"]["usage"]["limit"]
+        .as_i64()
+        .expect("memory.usage.limit");
     assert_eq!(limit, 64 * MIB, "{v}");
     // Matches the host's view of the cgroup.
     let host: u64 = z

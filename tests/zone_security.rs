@@ -31,17 +31,28 @@ fn seccomp_errno_actions_apply() {
             ]
         }),
     )
-    .sh("mkdir /tmp/x 2>&1; echo mkdir:$?; touch /tmp/f; chmod 600 /tmp/f 2>&1; \
+    .sh(
+        "mkdir /tmp/x 2>&1; echo mkdir:$?; touch /tmp/f; chmod 600 /tmp/f 2>&1; \
          echo chmod:$?; echo ok > /tmp/written; cat /tmp/written; \
-         grep Seccomp: /proc/self/status; touch /tmp/ready; sleep 1000");
+         grep Seccomp: /proc/self/status; touch /tmp/ready; sleep 1000",
+    );
     let z = Zone::new(b);
     z.spawn(Some("/tmp/ready"));
     let out = z.stdout_log();
-    assert!(out.contains("Function not implemented"), "mkdir not ENOSYS: {out}");
+    assert!(
+        out.contains("Function not implemented"),
+        "mkdir not ENOSYS: {out}"
+    );
     assert_ne!(field(&out, "mkdir"), "0");
-    assert!(out.contains("Disk quota exceeded"), "chmod not errno 122: {out}");
+    assert!(
+        out.contains("Disk quota exceeded"),
+        "chmod not errno 122: {out}"
+    );
     assert_ne!(field(&out, "chmod"), "0");
-    assert!(out.lines().any(|l| l == "ok"), "other syscalls broken: {out}");
+    assert!(
+        out.lines().any(|l| l == "ok"),
+        "other syscalls broken: {out}"
+    );
     assert_eq!(field(&out, "Seccomp"), "2", "{out}");
     // Outside: nothing was created, and the init carries a filter.
     assert!(!z.bundle.rootfs().join("tmp/x").exists());
@@ -59,10 +70,12 @@ fn dropped_capabilities_are_gone() {
     // CAP_KILL (5) and CAP_AUDIT_WRITE (29) only: no CHOWN, SYS_ADMIN, MKNOD.
     b.capabilities(&["CAP_KILL", "CAP_AUDIT_WRITE"])
         .set("/process/noNewPrivileges", json!(true))
-        .sh("grep -E '^Cap(Eff|Bnd|Prm|Inh)' /proc/self/status | tr -d '\\t'; \
+        .sh(
+            "grep -E '^Cap(Eff|Bnd|Prm|Inh)' /proc/self/status | tr -d '\\t'; \
              touch /tmp/f; chown 65534 /tmp/f 2>&1; echo chown:$?; \
              hostname other 2>&1; echo hostname:$?; \
-             mknod /tmp/null c 1 3 2>&1; echo mknod:$?; touch /tmp/ready; sleep 1000");
+             mknod /tmp/null c 1 3 2>&1; echo mknod:$?; touch /tmp/ready; sleep 1000",
+        );
     let z = Zone::new(b);
     z.spawn(Some("/tmp/ready"));
     let out = z.stdout_log();
@@ -71,7 +84,11 @@ fn dropped_capabilities_are_gone() {
     assert_eq!(field(&out, "CapBnd"), want, "{out}");
     assert_eq!(field(&out, "CapPrm"), want, "{out}");
     for op in ["chown", "hostname", "mknod"] {
-        assert_ne!(field(&out, op), "0", "{op} succeeded without its capability: {out}");
+        assert_ne!(
+            field(&out, op),
+            "0",
+            "{op} succeeded without its capability: {out}"
+        );
     }
     assert!(out.contains("Operation not permitted"), "{out}");
     // Outside.
@@ -104,7 +121,11 @@ fn masked_and_readonly_paths() {
     assert_eq!(field(&out, "fw"), "0", "{out}");
     // Outside: the zone's mount table covers the paths, /proc/sys read-only.
     let mi = fs::read_to_string(format!("/proc/{}/mountinfo", z.pid())).expect("mountinfo");
-    let mount_of = |p: &str| mi.lines().find(|l| l.split(' ').nth(4) == Some(p)).map(str::to_string);
+    let mount_of = |p: &str| {
+        mi.lines()
+            .find(|l| l.split(' ').nth(4) == Some(p))
+            .map(str::to_string)
+    };
     // Masked paths that exist on this kernel are covered (runc skips absent ones).
     for p in ["/proc/kcore", "/proc/keys", "/proc/timer_list"] {
         if std::path::Path::new(p).exists() {
@@ -113,7 +134,10 @@ fn masked_and_readonly_paths() {
     }
     let sys = mount_of("/proc/sys").expect("/proc/sys mount");
     let opts = sys.split(' ').nth(5).unwrap_or_default();
-    assert!(opts.split(',').any(|o| o == "ro"), "/proc/sys not ro: {sys}");
+    assert!(
+        opts.split(',').any(|o| o == "ro"),
+        "/proc/sys not ro: {sys}"
+    );
 }
 
 #[test]
@@ -133,12 +157,14 @@ fn process_settings_apply() {
         json!({"uid": 65534, "gid": 65534, "umask": 23, "additionalGids": [1234, 5678]}),
     )
     .env("ZONE_GREETING=hello zone")
-    .sh("echo nofile:$(ulimit -n); echo nofileh:$(ulimit -Hn); echo nproc:$(ulimit -u); \
+    .sh(
+        "echo nofile:$(ulimit -n); echo nofileh:$(ulimit -Hn); echo nproc:$(ulimit -u); \
          grep NoNewPrivs: /proc/self/status | tr -d '\\t'; \
          echo oom:$(cat /proc/self/oom_score_adj); echo env:$ZONE_GREETING; \
          echo cwd:$(pwd); echo umask:$(umask); \
          echo uid:$(id -u); echo gid:$(id -g); echo groups:$(id -G); \
-         : > /tmp/ready; exec sleep 1000");
+         : > /tmp/ready; exec sleep 1000",
+    );
     let z = Zone::new(b);
     z.spawn(Some("/tmp/ready"));
     let out = z.stdout_log();
@@ -153,16 +179,26 @@ fn process_settings_apply() {
     assert_eq!(field(&out, "uid"), "65534", "{out}");
     assert_eq!(field(&out, "gid"), "65534", "{out}");
     let groups = field(&out, "groups");
-    assert!(groups.split(' ').any(|g| g == "1234") && groups.split(' ').any(|g| g == "5678"),
-        "{out}");
+    assert!(
+        groups.split(' ').any(|g| g == "1234") && groups.split(' ').any(|g| g == "5678"),
+        "{out}"
+    );
     // Outside: the init (now `sleep`, same process) as the host sees it.
     let pid = z.pid();
     let limits = fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
-    let nofile = limits.lines().find(|l| l.starts_with("Max open files")).expect("nofile");
-    assert_eq!(nofile.split_whitespace().collect::<Vec<_>>()[3..5], ["256", "512"]);
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("nofile");
+    assert_eq!(
+        nofile.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["256", "512"]
+    );
     assert_eq!(proc_status(pid, "NoNewPrivs").as_deref(), Some("1"));
     assert_eq!(
-        fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).expect("oom").trim(),
+        fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .expect("oom")
+            .trim(),
         "123"
     );
     let uid = proc_status(pid, "Uid").expect("Uid");
@@ -170,6 +206,8 @@ fn process_settings_apply() {
     let g = proc_status(pid, "Groups").expect("Groups");
     assert!(g.contains("1234") && g.contains("5678"), "{g}");
     let environ = fs::read(format!("/proc/{pid}/environ")).expect("environ");
-    assert!(environ.split(|c| *c == 0).any(|e| e == b"ZONE_GREETING=hello zone"));
+    assert!(environ
+        .split(|c| *c == 0)
+        .any(|e| e == b"ZONE_GREETING=hello zone"));
     assert_eq!(proc_status(pid, "Umask").as_deref(), Some("0027"));
 }

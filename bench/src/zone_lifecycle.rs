@@ -48,7 +48,7 @@ struct Runtime {
     samples: Vec<Duration>,
     failures: usize,
     last_error: Option<String>,
-    min_memory_kib: Option<Result<u64, String>>,
+    min_memory_kib: Option<Result<(u64, Option<String>), String>>,
 }
 
 /// How long one zone may take to exit before the cycle counts as failed (hang guard only).
@@ -67,7 +67,9 @@ fn wait_pid(pid: i32) -> Result<i32, String> {
         }
         if Instant::now() > deadline {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-            return Err(format!("zone init {pid} did not exit within {CYCLE_GUARD:?}"));
+            return Err(format!(
+                "zone init {pid} did not exit within {CYCLE_GUARD:?}"
+            ));
         }
         // Short sleeps: the zone runs `true`, this poll is part of what we measure.
         std::thread::sleep(Duration::from_micros(200));
@@ -96,19 +98,29 @@ impl Runtime {
     fn cycle(&self, bundle: &Path) -> Result<Duration, String> {
         let id = unique_id(&self.name);
         let pidfile = bundle.join(format!("{id}.pid"));
+        // The zone's init inherits create's stdio and outlives it, so create's stderr goes
+        // to a file (a pipe would not reach EOF until the zone exits).
+        let errlog = bundle.join(format!("{id}.err"));
+        let errfile =
+            fs::File::create(&errlog).map_err(|e| format!("{}: {e}", errlog.display()))?;
         let t0 = Instant::now();
-        let o = self
+        let status = self
             .rt(&["create", "--bundle"])
             .arg(bundle)
             .arg("--pid-file")
             .arg(&pidfile)
             .arg(&id)
-            .stderr(Stdio::piped())
-            .output()
+            .stderr(errfile)
+            .status()
             .map_err(|e| format!("cannot run {}: {e}", self.path.display()))?;
-        if !o.status.success() {
-            let _ = self.rt(&["delete", "--force", &id]).stderr(Stdio::null()).status();
-            return Err(format!("create: {}", first_line(&o.stderr)));
+        let err = fs::read(&errlog).unwrap_or_default();
+        let _ = fs::remove_file(&errlog);
+        if !status.success() {
+            let _ = self
+                .rt(&["delete", "--force", &id])
+                .stderr(Stdio::null())
+                .status();
+            return Err(format!("create: {}", first_line(&err)));
         }
         let pid: i32 = fs::read_to_string(&pidfile)
             .ok()
@@ -121,7 +133,10 @@ impl Runtime {
             .output()
             .map_err(|e| e.to_string())?;
         if !o.status.success() {
-            let _ = self.rt(&["delete", "--force", &id]).stderr(Stdio::null()).status();
+            let _ = self
+                .rt(&["delete", "--force", &id])
+                .stderr(Stdio::null())
+                .status();
             let _ = wait_pid(pid);
             return Err(format!("start: {}", first_line(&o.stderr)));
         }
@@ -133,7 +148,10 @@ impl Runtime {
             .map_err(|e| e.to_string())?;
         let elapsed = t0.elapsed();
         if !o.status.success() {
-            let _ = self.rt(&["delete", "--force", &id]).stderr(Stdio::null()).status();
+            let _ = self
+                .rt(&["delete", "--force", &id])
+                .stderr(Stdio::null())
+                .status();
             return Err(format!("delete: {}", first_line(&o.stderr)));
         }
         if code != 0 {
@@ -194,10 +212,22 @@ fn set_memory(bundle: &mut Bundle, kib: Option<u64>) {
 }
 
 /// Smallest memory limit (KiB, page granularity) under which `rt` still runs `true`.
-fn min_memory(rt: &Runtime, bundle: &mut Bundle, max_kib: u64) -> Result<u64, String> {
+/// Also returns the error seen just below it.
+fn min_memory(
+    rt: &Runtime,
+    bundle: &mut Bundle,
+    max_kib: u64,
+) -> Result<(u64, Option<String>), String> {
+    let mut below = None;
     let mut ok = |kib: u64| -> bool {
         set_memory(bundle, Some(kib));
-        rt.cycle(bundle.path()).is_ok()
+        match rt.cycle(bundle.path()) {
+            Ok(_) => true,
+            Err(e) => {
+                below = Some(e);
+                false
+            }
+        }
     };
     if !ok(max_kib) {
         return Err(format!("does not run even with {max_kib} KiB"));
@@ -213,7 +243,7 @@ fn min_memory(rt: &Runtime, bundle: &mut Bundle, max_kib: u64) -> Result<u64, St
             lo = mid;
         }
     }
-    Ok(hi)
+    Ok((hi, below))
 }
 
 fn main() -> Result<()> {
@@ -323,7 +353,7 @@ fn main() -> Result<()> {
         medians.insert(rt.name.clone(), (med, p90));
         let mem = match &rt.min_memory_kib {
             None => "-".to_string(),
-            Some(Ok(k)) => k.to_string(),
+            Some(Ok((k, _))) => k.to_string(),
             Some(Err(e)) => format!("({e})"),
         };
         println!(
@@ -336,6 +366,9 @@ fn main() -> Result<()> {
         );
         if let Some(e) = &rt.last_error {
             println!("  {} failed cycles, last: {e}", rt.failures);
+        }
+        if let Some(Ok((_, Some(e)))) = &rt.min_memory_kib {
+            println!("  just below its minimum memory: {e}");
         }
     }
     match (medians.get("bulkhead-runc"), medians.get("runc")) {

@@ -223,7 +223,12 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         // Tasks first (their shims exit once deleted), then containers, then the daemon.
         let tasks = run_cmd(&mut self.ctr(&["task", "ls", "-q"]));
-        for t in tasks.stdout.lines().map(str::trim).filter(|t| !t.is_empty()) {
+        for t in tasks
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             let _ = run_cmd(&mut self.ctr(&["task", "kill", "-s", "SIGKILL", t]));
             let _ = wait_for_task_gone(self, t);
         }

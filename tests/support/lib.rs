@@ -61,7 +61,10 @@ pub fn find_runtime() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("BULKHEAD_TEST_RUNTIME") {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            return Err(format!("BULKHEAD_TEST_RUNTIME={} is not a file", p.display()));
+            return Err(format!(
+                "BULKHEAD_TEST_RUNTIME={} is not a file",
+                p.display()
+            ));
         }
         return Ok(p);
     }
@@ -204,7 +207,9 @@ impl Out {
         self.fails_with_one_line(&[]);
         let lower = self.stderr.to_lowercase();
         assert!(
-            alternatives.iter().any(|a| lower.contains(&a.to_lowercase())),
+            alternatives
+                .iter()
+                .any(|a| lower.contains(&a.to_lowercase())),
             "stderr names none of {alternatives:?}: {:?}",
             self.stderr.trim()
         );
@@ -248,7 +253,9 @@ pub fn run_cmd_input(cmd: &mut Command, input: &[u8]) -> Out {
 /// and nobody (65534), and empty `proc sys dev tmp root mnt` directories.
 pub fn build_busybox_rootfs(root: &Path) -> std::io::Result<()> {
     let busybox = Path::new("/bin/busybox");
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "mnt"] {
+    for d in [
+        "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root", "mnt",
+    ] {
         fs::create_dir_all(root.join(d))?;
     }
     fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
@@ -862,10 +869,7 @@ impl Zone {
         }
         let m1 = mounts_mentioning(self.bundle.path());
         let m2 = mounts_mentioning(self.state_root.path());
-        assert!(
-            m1.is_empty() && m2.is_empty(),
-            "mounts left: {m1:?} {m2:?}"
-        );
+        assert!(m1.is_empty() && m2.is_empty(), "mounts left: {m1:?} {m2:?}");
     }
 }
 

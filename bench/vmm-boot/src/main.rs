@@ -280,6 +280,17 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The repository root: the nearest ancestor of this package that holds
+/// `guest/Cargo.toml` (works whether this bin lives in its own package or in
+/// `bench`).
+fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|d| d.join("guest/Cargo.toml").is_file())
+        .unwrap_or(here)
+        .to_path_buf()
+}
+
 fn find_vmm(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p);
@@ -290,7 +301,7 @@ fn find_vmm(explicit: Option<PathBuf>) -> Result<PathBuf> {
             tried.push(dir.join("bulkhead-vmm"));
         }
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = repo_root();
     for t in ["target", "target-vmm"] {
         for p in ["release", "debug"] {
             tried.push(root.join(t).join(p).join("bulkhead-vmm"));
@@ -321,9 +332,10 @@ fn main() -> Result<()> {
     if a.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    let guest = a.guest.clone().unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/target/release/bulkhead-guest")
-    });
+    let guest = a
+        .guest
+        .clone()
+        .unwrap_or_else(|| repo_root().join("guest/target/release/bulkhead-guest"));
     if !guest.is_file() {
         bail!(
             "test guest {} not found: build it with `cargo build --release --manifest-path guest/Cargo.toml` or pass --guest",

@@ -42,7 +42,10 @@ pub fn features() -> serde_json::Value {
 /// A runc-like default configuration with the default seccomp profile.
 pub fn default_spec(rootless: bool) -> Spec {
     let mut spec = if rootless {
-        Spec::rootless(nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+        Spec::rootless(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
     } else {
         Spec::default()
     };
@@ -69,11 +72,17 @@ mod tests {
         let spec = default_spec(false);
         let text = serde_json::to_string(&spec).unwrap();
         let back = zone::spec::parse(&text).unwrap();
-        assert_eq!(back.process().as_ref().unwrap().args().as_ref().unwrap(), &vec!["sh".to_string()]);
+        assert_eq!(
+            back.process().as_ref().unwrap().args().as_ref().unwrap(),
+            &vec!["sh".to_string()]
+        );
         assert!(back.linux().as_ref().unwrap().seccomp().is_some());
         let dir = std::env::temp_dir().join(format!("bh-spec-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("rootfs")).unwrap();
-        assert_eq!(zone::spec::validate(&back, &dir).unwrap(), dir.join("rootfs"));
+        assert_eq!(
+            zone::spec::validate(&back, &dir).unwrap(),
+            dir.join("rootfs")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -82,6 +91,10 @@ mod tests {
         let f = features();
         assert_eq!(f["ociVersionMax"], "1.2.0");
         assert_eq!(f["linux"]["cgroup"]["systemd"], false);
-        assert!(f["linux"]["capabilities"].as_array().unwrap().iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert!(f["linux"]["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "CAP_SYS_ADMIN"));
     }
 }

@@ -65,7 +65,11 @@ impl RawTerm {
 impl Drop for RawTerm {
     fn drop(&mut self) {
         if let Some(t) = &self.saved {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, t);
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
         }
     }
 }
@@ -73,7 +77,12 @@ impl Drop for RawTerm {
 /// Copy stdin → master and master → stdout; returns the output thread.
 fn relay(master: OwnedFd) -> Option<std::thread::JoinHandle<()>> {
     // Copy our window size to the zone's terminal.
-    let mut ws: libc::winsize = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws: libc::winsize = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a valid pointer.
     unsafe {
         if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {

@@ -14,7 +14,11 @@ use clap::{Args, Parser, Subcommand};
 use zone::container::{self, CreateOpts, ExecOpts};
 
 #[derive(Parser, Debug)]
-#[command(name = "bulkhead-runc", disable_version_flag = true, about = "OCI runtime for Bulkhead zones")]
+#[command(
+    name = "bulkhead-runc",
+    disable_version_flag = true,
+    about = "OCI runtime for Bulkhead zones"
+)]
 struct Cli {
     /// Root directory for container state.
     #[arg(long, global = true, default_value = zone::state::DEFAULT_ROOT)]
@@ -221,7 +225,11 @@ impl Logger {
         } else {
             format!("time={time:?} level={level} msg={msg:?}")
         };
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -237,7 +245,11 @@ fn main() {
                 std::process::exit(0);
             }
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
             eprintln!("bulkhead-runc: {first}");
             std::process::exit(1);
         }
@@ -272,7 +284,10 @@ fn run(mut cli: Cli, logger: &Logger) -> Result<i32> {
         }
     }
     if cli.log_format != "text" && cli.log_format != "json" {
-        bail!("--log-format: invalid value {:?} (use text or json)", cli.log_format);
+        bail!(
+            "--log-format: invalid value {:?} (use text or json)",
+            cli.log_format
+        );
     }
     let root = cli.root.clone();
     let Some(cmd) = cli.cmd.take() else {
@@ -309,7 +324,11 @@ fn run(mut cli: Cli, logger: &Logger) -> Result<i32> {
             Ok(0)
         }
         Cmd::Exec(e) => exec(&root, e),
-        Cmd::Ps { id, format, ps_args } => ps(&root, &id, &format, &ps_args),
+        Cmd::Ps {
+            id,
+            format,
+            ps_args,
+        } => ps(&root, &id, &format, &ps_args),
         Cmd::List { format, quiet } => list(&root, &format, quiet),
         Cmd::Pause { id } => {
             container::pause(&root, &id)?;
@@ -319,7 +338,11 @@ fn run(mut cli: Cli, logger: &Logger) -> Result<i32> {
             container::resume(&root, &id)?;
             Ok(0)
         }
-        Cmd::Events { id, stats, interval } => events(&root, &id, stats, &interval),
+        Cmd::Events {
+            id,
+            stats,
+            interval,
+        } => events(&root, &id, stats, &interval),
         Cmd::Update(u) => update(&root, u),
         Cmd::Features => {
             println!("{}", serde_json::to_string_pretty(&defaults::features())?);
@@ -363,8 +386,8 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
     let mut process = if let Some(p) = &e.process {
         let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
         let de = &mut serde_json::Deserializer::from_str(&text);
-        let proc: oci_spec::runtime::Process = serde_path_to_error_deserialize(de)
-            .map_err(|err| anyhow!("{}: {err}", p.display()))?;
+        let proc: oci_spec::runtime::Process =
+            serde_path_to_error_deserialize(de).map_err(|err| anyhow!("{}: {err}", p.display()))?;
         proc
     } else {
         if e.command.is_empty() {
@@ -395,9 +418,13 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
             Some((a, b)) => (a, Some(b)),
             None => (u.as_str(), None),
         };
-        let uid: u32 = uid.parse().map_err(|_| anyhow!("--user {u:?}: expected uid[:gid] as numbers"))?;
+        let uid: u32 = uid
+            .parse()
+            .map_err(|_| anyhow!("--user {u:?}: expected uid[:gid] as numbers"))?;
         let gid: u32 = match gid {
-            Some(g) => g.parse().map_err(|_| anyhow!("--user {u:?}: expected uid[:gid] as numbers"))?,
+            Some(g) => g
+                .parse()
+                .map_err(|_| anyhow!("--user {u:?}: expected uid[:gid] as numbers"))?,
             None => 0,
         };
         let user = process.user_mut();
@@ -405,7 +432,9 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
         user.set_gid(gid);
     }
     if !e.additional_gids.is_empty() {
-        process.user_mut().set_additional_gids(Some(e.additional_gids.clone()));
+        process
+            .user_mut()
+            .set_additional_gids(Some(e.additional_gids.clone()));
     }
     if e.no_new_privs {
         process.set_no_new_privileges(Some(true));
@@ -419,8 +448,9 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
         for c in &e.cap {
             let name = c.to_ascii_uppercase();
             let name = name.strip_prefix("CAP_").unwrap_or(&name).to_string();
-            let cap: oci_spec::runtime::Capability =
-                name.parse().map_err(|_| anyhow!("--cap {c:?}: unknown capability"))?;
+            let cap: oci_spec::runtime::Capability = name
+                .parse()
+                .map_err(|_| anyhow!("--cap {c:?}: unknown capability"))?;
             for set in [
                 caps.bounding().clone(),
                 caps.effective().clone(),
@@ -458,7 +488,6 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
     foreground::wait_foreground(spawned)
 }
 
-
 fn serde_path_to_error_deserialize<'de, D, T>(d: D) -> std::result::Result<T, String>
 where
     D: serde::Deserializer<'de>,
@@ -487,13 +516,21 @@ fn ps(root: &Path, id: &str, format: &str, ps_args: &[String]) -> Result<i32> {
             Ok(0)
         }
         "table" => {
-            let args: Vec<String> = if ps_args.is_empty() { vec!["-ef".into()] } else { ps_args.to_vec() };
+            let args: Vec<String> = if ps_args.is_empty() {
+                vec!["-ef".into()]
+            } else {
+                ps_args.to_vec()
+            };
             let out = std::process::Command::new("ps")
                 .args(&args)
                 .output()
                 .context("run ps")?;
             if !out.status.success() {
-                bail!("ps {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+                bail!(
+                    "ps {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
             }
             let text = String::from_utf8_lossy(&out.stdout);
             let mut lines = text.lines();
@@ -504,7 +541,11 @@ fn ps(root: &Path, id: &str, format: &str, ps_args: &[String]) -> Result<i32> {
                 .ok_or_else(|| anyhow!("ps output has no PID column"))?;
             println!("{header}");
             for l in lines {
-                if let Some(p) = l.split_whitespace().nth(col).and_then(|x| x.parse::<i32>().ok()) {
+                if let Some(p) = l
+                    .split_whitespace()
+                    .nth(col)
+                    .and_then(|x| x.parse::<i32>().ok())
+                {
                     if pids.contains(&p) {
                         println!("{l}");
                     }
@@ -603,7 +644,10 @@ fn events(root: &Path, id: &str, stats: bool, interval: &str) -> Result<i32> {
             ooms = n;
         }
         match cg.stats() {
-            Ok(s) => println!("{}", serde_json::json!({"type": "stats", "id": id, "data": s})),
+            Ok(s) => println!(
+                "{}",
+                serde_json::json!({"type": "stats", "id": id, "data": s})
+            ),
             Err(e) => eprintln!("bulkhead-runc: warning: stats: {e}"),
         }
         let _ = std::io::stdout().flush();
@@ -626,7 +670,8 @@ fn parse_size(s: &str) -> Result<i64> {
         _ => (t, 1),
     };
     let n: i64 = num.parse().map_err(|_| anyhow!("invalid size {s:?}"))?;
-    n.checked_mul(mul).ok_or_else(|| anyhow!("size {s:?} is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| anyhow!("size {s:?} is too large"))
 }
 
 fn update(root: &Path, u: UpdateArgs) -> Result<i32> {
@@ -634,12 +679,14 @@ fn update(root: &Path, u: UpdateArgs) -> Result<i32> {
         Some(src) => {
             let text = if src == "-" {
                 let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("read resources from stdin")?;
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .context("read resources from stdin")?;
                 s
             } else {
                 std::fs::read_to_string(src).with_context(|| format!("read {src}"))?
             };
-            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| anyhow!("--resources: {e}"))?
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| anyhow!("--resources: {e}"))?
         }
         None => serde_json::json!({}),
     };
@@ -695,17 +742,39 @@ mod tests {
         assert_eq!(parse_size("100").unwrap(), 100);
         assert_eq!(parse_size("-1").unwrap(), -1);
         assert!(parse_size("abc").is_err());
-        assert_eq!(parse_interval("5s").unwrap(), std::time::Duration::from_secs(5));
-        assert_eq!(parse_interval("250ms").unwrap(), std::time::Duration::from_millis(250));
-        assert_eq!(parse_interval("2").unwrap(), std::time::Duration::from_secs(2));
+        assert_eq!(
+            parse_interval("5s").unwrap(),
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            parse_interval("250ms").unwrap(),
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_interval("2").unwrap(),
+            std::time::Duration::from_secs(2)
+        );
         assert!(parse_interval("x").is_err());
     }
 
     #[test]
     fn cli_parses_runc_style_invocations() {
         let c = Cli::try_parse_from([
-            "bulkhead-runc", "--root", "/run/x", "--log", "/tmp/l.json", "--log-format", "json",
-            "create", "--bundle", "/b", "--pid-file", "/p", "--console-socket", "/s", "c1",
+            "bulkhead-runc",
+            "--root",
+            "/run/x",
+            "--log",
+            "/tmp/l.json",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+            "--console-socket",
+            "/s",
+            "c1",
         ])
         .unwrap();
         assert_eq!(c.root, PathBuf::from("/run/x"));
@@ -716,7 +785,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let c = Cli::try_parse_from(["bulkhead-runc", "exec", "-t", "c1", "sh", "-c", "echo hi"]).unwrap();
+        let c = Cli::try_parse_from(["bulkhead-runc", "exec", "-t", "c1", "sh", "-c", "echo hi"])
+            .unwrap();
         match c.cmd {
             Some(Cmd::Exec(e)) => assert_eq!(e.command, vec!["sh", "-c", "echo hi"]),
             other => panic!("{other:?}"),

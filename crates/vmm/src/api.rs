@@ -40,6 +40,8 @@ pub struct ApiContext {
     /// irqfd of the ACPI Generic Event Device (power button).
     pub power_button: EventFd,
     pub jailed: bool,
+    /// The host's KVM is kvm_pvm (emulation fallbacks active).
+    pub pvm: bool,
     pub vm: Arc<VmFd>,
     pub mem: GuestMemoryMmap,
     pub serial: Arc<Mutex<SerialDevice>>,
@@ -86,8 +88,11 @@ fn handle_client(stream: UnixStream, ctx: &ApiContext) {
         if line.trim().is_empty() {
             continue;
         }
+        ctx.control.api_request(true);
         let resp = handle_request(line.trim(), ctx);
-        if writeln!(out, "{resp}").is_err() {
+        let written = writeln!(out, "{resp}").and_then(|_| out.flush());
+        ctx.control.api_request(false);
+        if written.is_err() {
             return;
         }
     }
@@ -115,6 +120,7 @@ pub fn handle_request(line: &str, ctx: &ApiContext) -> Value {
             "memory": ctx.mem_size,
             "devices": ctx.devices,
             "jailed": ctx.jailed,
+            "kvm_pvm": ctx.pvm,
             "emulation_fallbacks": crate::x86::emulate::FALLBACK_NAMES
                 .iter()
                 .zip(c.fallback_counts())

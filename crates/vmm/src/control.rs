@@ -58,6 +58,8 @@ pub struct VmControl {
     vcpus: usize,
     /// How often each kvm_pvm emulation fallback ran (`Fallback::kind_index`).
     fallbacks: [std::sync::atomic::AtomicU64; crate::x86::emulate::FALLBACK_KINDS],
+    /// Control-socket requests read but not yet answered.
+    api_inflight: std::sync::atomic::AtomicUsize,
     /// Each vCPU's state, captured as it parks (for snapshots).
     states: Mutex<Vec<Option<Result<VcpuState, String>>>>,
 }
@@ -141,6 +143,7 @@ impl VmControl {
             vcpus,
             states: Mutex::new(vec![None; vcpus]),
             fallbacks: Default::default(),
+            api_inflight: Default::default(),
         })
     }
 
@@ -219,6 +222,24 @@ impl VmControl {
             if p.parked == self.vcpus {
                 return true;
             }
+        }
+    }
+
+    /// A control-socket request started (`true`) or was answered (`false`).
+    pub fn api_request(&self, started: bool) {
+        if started {
+            self.api_inflight.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.api_inflight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Lets an answer to a request that stopped the VM (stop, shutdown)
+    /// reach the client before the process exits; bounded by `timeout`.
+    pub fn wait_api_idle(&self, timeout: Duration) {
+        let start = std::time::Instant::now();
+        while self.api_inflight.load(Ordering::SeqCst) > 0 && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 

@@ -61,10 +61,10 @@ use thiserror::Error;
 /// What the jail keeps, where it lives and whom the monitor runs as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JailConfig {
-    /// Host directory under which `<id>/root` becomes the jail's mount point
-    /// (e.g. `/run/bulkhead/jail`). Created if missing. Only the empty
-    /// directory `<chroot_base>/<id>/root` is left behind on the host: the
-    /// tmpfs on it exists only in the monitor's private mount namespace.
+    /// Host directory (e.g. `/run/bulkhead/jail`), created if missing and
+    /// shared by all monitors. Each monitor mounts a private tmpfs on it in
+    /// its own mount namespace and builds its root at `<id>/root` there, so
+    /// the host directory stays empty and nothing is left behind.
     pub chroot_base: PathBuf,
     /// The VM's identifier: 1–64 characters of `[A-Za-z0-9_-]`.
     pub id: String,
@@ -87,6 +87,10 @@ pub enum JailError {
     InvalidPath(PathBuf),
     #[error("jail keep path {path}: {source}")]
     KeepPath { path: PathBuf, source: io::Error },
+    #[error(
+        "jail keep path {0} lies under the jail's base directory; keep paths must be outside it"
+    )]
+    KeepUnderBase(PathBuf),
     #[error("cannot enter the jail: the process has {0} threads; call jail::enter before spawning any thread")]
     MultiThreaded(usize),
     #[error("cannot enter the jail: reading /proc/self/status: {0}")]
@@ -235,6 +239,10 @@ pub fn enter(cfg: &JailConfig) -> Result<(), JailError> {
     validate_abs(&cfg.chroot_base)?;
     for p in &cfg.keep_paths {
         validate_abs(p)?;
+        // The jail hides `chroot_base` under a private tmpfs before binding.
+        if p.starts_with(&cfg.chroot_base) {
+            return Err(JailError::KeepUnderBase(p.clone()));
+        }
     }
     let threads = thread_count()?;
     if threads != 1 {
@@ -243,12 +251,14 @@ pub fn enter(cfg: &JailConfig) -> Result<(), JailError> {
     // Read what we need from the host's /proc before it disappears.
     let cap_last = last_cap();
 
-    let root = cfg.chroot_base.join(&cfg.id).join("root");
+    // Only `chroot_base` itself is created on the host (once, shared by all
+    // monitors). Everything below it lives on a tmpfs mounted in our
+    // private mount namespace, so nothing is left behind when we exit.
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(&root)
-        .map_err(io_err(format!("creating {}", root.display())))?;
+        .create(&cfg.chroot_base)
+        .map_err(io_err(format!("creating {}", cfg.chroot_base.display())))?;
 
     unshare(
         CloneFlags::CLONE_NEWNS
@@ -266,6 +276,23 @@ pub fn enter(cfg: &JailConfig) -> Result<(), JailError> {
         None::<&str>,
     )
     .map_err(sys("making / recursively private"))?;
+    mount(
+        Some("tmpfs"),
+        &cfg.chroot_base,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=64k,nr_inodes=64"),
+    )
+    .map_err(sys(format!(
+        "mounting a private tmpfs on {}",
+        cfg.chroot_base.display()
+    )))?;
+    let root = cfg.chroot_base.join(&cfg.id).join("root");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&root)
+        .map_err(io_err(format!("creating {}", root.display())))?;
 
     // The root itself: no device nodes, no set-uid, nothing executable. The
     // bind mounts below keep their source's flags (so /dev/null works).
@@ -909,12 +936,16 @@ mod tests {
             let _ = c.set_nonblocking(false);
             let _ = c.read_to_string(&mut from_jail);
         }
+        let leftovers: Vec<_> = fs::read_dir(base.join("jail"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
         let _ = fs::remove_dir_all(&base);
         assert_eq!(
             status,
             WaitStatus::Exited(status.pid().expect("pid"), 0),
             "{out}"
         );
+        assert!(leftovers.is_empty(), "jail left {leftovers:?} on the host");
         assert!(out.contains("socket: true"), "{out}");
         assert_eq!(from_jail, "from-jail");
         for key in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
@@ -988,6 +1019,10 @@ mod tests {
         assert!(matches!(
             enter(&cfg("vm", "/tmp/../etc")),
             Err(JailError::InvalidPath(_))
+        ));
+        assert!(matches!(
+            enter(&cfg("vm", "/nonexistent-base/x")),
+            Err(JailError::KeepUnderBase(_))
         ));
         // The test harness runs this test on a thread of its own, so the
         // process has at least two threads.

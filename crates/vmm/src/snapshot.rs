@@ -32,6 +32,9 @@ pub fn enc<T: IntoBytes + Immutable>(v: &T) -> String {
 
 /// A KVM structure from its hex; the length must match exactly.
 pub fn dec<T: FromBytes>(s: &str, what: &str) -> Result<T> {
+    if !s.is_ascii() {
+        bail!("snapshot field {what} is not hex");
+    }
     if s.len() & 1 != 0 {
         bail!("snapshot field {what} has an odd number of hex digits");
     }
@@ -390,6 +393,7 @@ mod tests {
         assert!(dec::<kvm_regs>(&s[..s.len() - 2], "regs").is_err());
         assert!(dec::<kvm_regs>("zz", "regs").is_err());
         assert!(dec::<kvm_regs>("abc", "regs").is_err());
+        assert!(dec::<kvm_regs>("é1", "regs").is_err());
     }
 
     #[test]

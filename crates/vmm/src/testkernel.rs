@@ -46,9 +46,36 @@ fn code(msg: &[u8], ending: Ending) -> Vec<u8> {
     c
 }
 
+/// 32-bit code that enables SSE (CR4.OSFXSR, CR0.MP, clears EM/TS), runs
+/// `movd xmm0, eax` and `paddq xmm0, xmm0`, prints the low byte of xmm0
+/// ('A' + 'A' = 0x82) on COM1 and powers off. kvm_pvm cannot run SSE.
+pub fn sse_probe() -> Vec<u8> {
+    let mut c = vec![
+        0x0f, 0x20, 0xc0, // mov eax, cr0
+        0x25, 0xf3, 0xff, 0xff, 0xff, // and eax, ~(EM|TS)
+        0x0d, 0x22, 0x00, 0x00, 0x00, // or eax, MP|NE
+        0x0f, 0x22, 0xc0, // mov cr0, eax
+        0x0f, 0x20, 0xe0, // mov eax, cr4
+        0x0d, 0x00, 0x06, 0x00, 0x00, // or eax, OSFXSR|OSXMMEXCPT
+        0x0f, 0x22, 0xe0, // mov cr4, eax
+        0xb8, 0x41, 0x00, 0x00, 0x00, // mov eax, 'A'
+        0x66, 0x0f, 0x6e, 0xc0, // movd xmm0, eax
+        0x66, 0x0f, 0xd4, 0xc0, // paddq xmm0, xmm0
+        0x66, 0x0f, 0x7e, 0xc1, // movd ecx, xmm0
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0x88, 0xc8, // mov al, cl
+        0xee, // out dx, al
+    ];
+    c.extend_from_slice(&[0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4]);
+    elf(&c)
+}
+
 /// The ELF image.
 pub fn pvh_elf(msg: &[u8], ending: Ending) -> Vec<u8> {
-    let body = code(msg, ending);
+    elf(&code(msg, ending))
+}
+
+fn elf(body: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
     // ELF header.
     f.extend_from_slice(b"\x7fELF");
@@ -93,6 +120,6 @@ pub fn pvh_elf(msg: &[u8], ending: Ending) -> Vec<u8> {
     f.extend_from_slice(b"Xen\0");
     f.extend_from_slice(&LOAD.to_le_bytes());
     f.resize(CODE_OFFSET, 0);
-    f.extend_from_slice(&body);
+    f.extend_from_slice(body);
     f
 }

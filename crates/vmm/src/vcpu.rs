@@ -16,7 +16,7 @@ use crate::bus::Bus;
 use crate::control::{self, ExitReason, VmControl};
 use crate::snapshot;
 use crate::x86::cpu::{self, CpuError, EntryMode};
-use crate::x86::emulate::{self, Fallback, PagingState};
+use crate::x86::emulate::{self, Fallback, FpuMemOp, PagingState};
 
 /// One vCPU and what its exits need.
 pub struct Vcpu {
@@ -172,6 +172,45 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Moves FPU/SSE state between the vCPU and guest memory for `op`.
+    fn fpu_mem(&self, op: FpuMemOp, addr: u64, ps: &PagingState) -> Result<(), String> {
+        let mut fpu = self.fd.get_fpu().map_err(|e| format!("KVM_GET_FPU: {e}"))?;
+        let size = op.size();
+        match op {
+            FpuMemOp::Ldmxcsr | FpuMemOp::Fxrstor => {
+                let mut buf = [0u8; 512];
+                if emulate::fetch(&self.mem, ps, addr, &mut buf[..size]) != size {
+                    return Err(format!("{op:?} operand at {addr:#x} is not mapped"));
+                }
+                if op == FpuMemOp::Ldmxcsr {
+                    let v = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                    if v & 0xffff_0000 != 0 {
+                        return Err(format!("ldmxcsr with reserved bits {v:#x}"));
+                    }
+                    fpu.mxcsr = v;
+                } else {
+                    emulate::fxrstor_image(&buf, &mut fpu);
+                }
+                self.fd
+                    .set_fpu(&fpu)
+                    .map_err(|e| format!("KVM_SET_FPU: {e}"))
+            }
+            FpuMemOp::Stmxcsr | FpuMemOp::Fxsave => {
+                let img = emulate::fxsave_image(&fpu);
+                let data: &[u8] = if op == FpuMemOp::Stmxcsr {
+                    &img[24..28]
+                } else {
+                    &img
+                };
+                if emulate::write_virt(&self.mem, ps, addr, data) {
+                    Ok(())
+                } else {
+                    Err(format!("{op:?} operand at {addr:#x} is not mapped"))
+                }
+            }
+        }
+    }
+
     fn handle_internal_error(&mut self) -> Result<(), ExitReason> {
         let idx = self.index;
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal`
@@ -208,11 +247,27 @@ impl Vcpu {
         let mut bytes = [0u8; 15];
         let n = emulate::fetch(&self.mem, &ps, linear, &mut bytes);
         let bytes = &bytes[..n];
-        let fallback = if self.pvm {
+        let mut fallback = if self.pvm {
             emulate::decode(bytes)
         } else {
             None
         };
+        if fallback.is_none() && self.pvm && sregs.cs.l == 1 {
+            let ctx = emulate::DecodeCtx {
+                regs,
+                fs_base: sregs.fs.base,
+                gs_base: sregs.gs.base,
+            };
+            fallback = emulate::decode_mem(bytes, &ctx);
+        }
+        if fallback == Some(Fallback::Fwait) {
+            // FWAIT is a no-op unless an unmasked x87 exception is pending
+            // (FSW.ES); that case is left to the report below.
+            let fsw = self.fd.get_fpu().map(|f| f.fsw).unwrap_or(0x80);
+            if fsw & 0x80 != 0 {
+                fallback = None;
+            }
+        }
         let Some(f) = fallback else {
             return Err(ExitReason::Error(format!(
                 "vcpu {idx}: unhandled emulation failure at RIP {:#x}: bytes {}",
@@ -238,6 +293,11 @@ impl Vcpu {
         self.fd
             .set_regs(&new)
             .map_err(|e| ExitReason::Error(format!("vcpu {idx}: KVM_SET_REGS: {e}")))?;
+        if let Fallback::FpuMem { op, addr, .. } = f {
+            self.fpu_mem(op, addr, &ps).map_err(|e| {
+                ExitReason::Error(format!("vcpu {idx}: {e} at RIP {:#x}", regs.rip))
+            })?;
+        }
         if f == Fallback::Breakpoint {
             let mut ev = self
                 .fd

@@ -234,12 +234,25 @@ enum SerialInput {
 
 /// Runs the VM described by `cli`; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    Ok(run_vm(cli)?.exit_code())
+}
+
+/// Runs the VM described by `cli` until it stops; returns why it stopped
+/// (already reported on stderr).
+pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     validate(&cli)?;
     let snap = match &cli.restore {
         Some(dir) => Some(snapshot::read_state(dir)?),
         None => None,
     };
     let mem_size = snap.as_ref().map_or(cli.mem, |s| s.mem_size);
+    if snap.is_some()
+        && (mem_size < layout::MIN_MEM
+            || mem_size & 0xfff != 0
+            || host_mem_total().is_some_and(|t| mem_size > t))
+    {
+        bail!("snapshot memory size {mem_size} bytes is invalid or exceeds the host's memory");
+    }
     let vcpu_count = match &snap {
         Some(s) => u32::try_from(s.vcpus.len())
             .ok()
@@ -511,6 +524,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         transports: transports.clone(),
         power_button: ged_evt,
         jailed: !cli.no_jail,
+        pvm,
         vm: vm.clone(),
         mem: mem.clone(),
         serial: serial.clone(),
@@ -570,6 +584,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     for h in handles {
         let _ = h.join();
     }
+    control.wait_api_idle(std::time::Duration::from_secs(2));
     let reason = control
         .exit_reason()
         .unwrap_or_else(|| ExitReason::Error("VM stopped without a reason".into()));
@@ -582,7 +597,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         ExitReason::Error(why) => eprintln!("bulkhead-vmm: {why}"),
     }
-    Ok(reason.exit_code())
+    Ok(reason)
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -1033,5 +1048,87 @@ mod tests {
             let _ = std::fs::remove_file(p);
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sse_guest_runs_or_reports_the_emulation_failure() {
+        if !kvm_available() {
+            return;
+        }
+        let k = tmp("sse.elf");
+        std::fs::write(&k, crate::testkernel::sse_probe()).unwrap();
+        let out = tmp("sse.serial");
+        let _ = std::fs::remove_file(&out);
+        let serial = format!("file:{}", out.display());
+        let r = run_vm(cli(&[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--mem",
+            "32M",
+            "--serial",
+            &serial,
+            "--no-jail",
+        ]));
+        let text = std::fs::read(&out).unwrap_or_default();
+        let _ = std::fs::remove_file(&k);
+        let _ = std::fs::remove_file(&out);
+        if cpu::host_is_pvm() {
+            // kvm_pvm cannot execute SSE: the monitor must stop with the
+            // instruction bytes, not hang or run on.
+            let reason = r.unwrap();
+            assert_eq!(
+                reason,
+                ExitReason::Error(
+                    "vcpu 0: unhandled emulation failure at RIP 0x100020: bytes 66 0f 6e c0 66 0f d4 c0 66 0f 7e c1 66 ba f8".into()
+                )
+            );
+            assert_eq!(reason.exit_code(), 1);
+            assert!(text.is_empty(), "{text:?}");
+        } else {
+            assert_eq!(r.unwrap(), ExitReason::PowerOff);
+            assert_eq!(text, [0x82]);
+        }
+    }
+
+    #[test]
+    fn serial_socket_streams_output_to_a_client() {
+        if !kvm_available() {
+            return;
+        }
+        let k = tmp("ssock.elf");
+        std::fs::write(&k, pvh_elf(b"hi\n", Ending::Dots)).unwrap();
+        let (ser, api) = (tmp("ser.sock"), tmp("ser-api.sock"));
+        let args: Vec<String> = vec![
+            "--kernel".into(),
+            k.display().to_string(),
+            "--mem".into(),
+            "32M".into(),
+            "--serial".into(),
+            format!("socket:{}", ser.display()),
+            "--api-sock".into(),
+            api.display().to_string(),
+            "--no-jail".into(),
+        ];
+        let vm = std::thread::spawn(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(cli(&a))
+        });
+        let mut client = connect(&ser, &vm);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.iter().filter(|&&b| b == b'.').count() < 10 {
+            let n = client.read(&mut buf).unwrap();
+            assert!(n > 0, "serial socket closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        // Output produced before the client connected is dropped; what
+        // arrives is the guest's loop.
+        assert!(got.iter().all(|&b| b == b'.' || b"hi\n".contains(&b)));
+        let mut s = connect(&api, &vm);
+        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        assert_eq!(vm.join().unwrap().unwrap(), 0);
+        for p in [&k, &ser, &api] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }

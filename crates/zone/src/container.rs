@@ -3,7 +3,6 @@
 //! zone, kill, pause/resume, delete, list, stats and update. Every failure of
 //! `create` removes what it made (process, cgroup, state directory).
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -158,6 +157,8 @@ struct InitCtx<'a> {
     preserve_fds: u32,
     seccomp: Option<crate::seccomp::BpfProgram>,
     cgroup_sources: Vec<(PathBuf, String)>,
+    /// Unshare the cgroup namespace once the init is in its cgroup.
+    new_cgroupns: bool,
 }
 
 /// Create a zone; returns once its init waits on the exec fifo.
@@ -175,7 +176,8 @@ pub fn create(opts: &CreateOpts) -> Result<Spawned> {
     let terminal = process.terminal().unwrap_or(false);
     if terminal && opts.console_socket.is_none() && !opts.keep_console {
         return Err(ZoneError::Msg(
-            "cannot allocate a tty if bulkhead-runc will detach without setting --console-socket".into(),
+            "cannot allocate a tty if bulkhead-runc will detach without setting --console-socket"
+                .into(),
         ));
     }
     if !terminal && opts.console_socket.is_some() {
@@ -190,7 +192,8 @@ pub fn create(opts: &CreateOpts) -> Result<Spawned> {
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
     let cg = Cgroup::resolve(cgroups_path.as_deref(), &opts.id)?;
 
-    std::fs::create_dir_all(&opts.root).map_err(|e| ZoneError::io("create state root", &opts.root, e))?;
+    std::fs::create_dir_all(&opts.root)
+        .map_err(|e| ZoneError::io("create state root", &opts.root, e))?;
     match std::fs::create_dir(&sd.dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -203,7 +206,7 @@ pub fn create(opts: &CreateOpts) -> Result<Spawned> {
         cg: None,
         pids: vec![],
     };
-    let res = create_inner(opts, &bundle, &process, seccomp, &cg, &sd, &mut cleanup);
+    let res = create_inner(opts, &bundle, seccomp, &cg, &sd, &mut cleanup);
     match res {
         Ok(s) => {
             cleanup.disarm();
@@ -261,20 +264,19 @@ impl Cleanup {
 fn create_inner(
     opts: &CreateOpts,
     bundle: &crate::spec::Bundle,
-    process: &Process,
     seccomp: Option<crate::seccomp::BpfProgram>,
     cg: &Cgroup,
     sd: &StateDir,
     cleanup: &mut Cleanup,
 ) -> Result<Spawned> {
     let spec = &bundle.spec;
+    // The directories must exist before the init bind-mounts them; limits
+    // are written after the fork, while the child builds the zone.
     cg.create()?;
     cleanup.cg = Some(cg.clone());
-    if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-        cg.apply(&with_default_devices(r, spec))?;
-    }
     let fifo = sd.fifo();
-    nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622)).ctx(|| format!("mkfifo {}", fifo.display()))?;
+    nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
+        .ctx(|| format!("mkfifo {}", fifo.display()))?;
     nix::sys::stat::fchmodat(
         nix::fcntl::AT_FDCWD,
         &fifo,
@@ -292,6 +294,9 @@ fn create_inner(
         preserve_fds: opts.preserve_fds,
         seccomp,
         cgroup_sources: cg.mount_sources(),
+        new_cgroupns: namespaces(spec)
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()),
     };
     let (parent_ch, child_ch) = crate::sync::pair()?;
     set_subreaper();
@@ -305,8 +310,15 @@ fn create_inner(
     };
     drop(child_ch);
     cleanup.pids.push(stage1);
-    cg.add_process(stage1)?;
-    parent_ch.send("GO", "", None)?;
+    if !new_user_ns(spec) {
+        // Pay the first migration's RCU grace period now, while stage 1
+        // creates namespaces; moving stage 2 later is then cheap. (With a
+        // new user namespace stage 1 needs us for its id maps first.)
+        cg.add_process(stage1)?;
+    }
+    if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+        cg.apply(&with_default_devices(r, spec))?;
+    }
 
     let hooks = hooks_of(spec);
     let mut init_pid: Option<i32> = None;
@@ -315,7 +327,9 @@ fn create_inner(
     loop {
         let msg: Option<Message> = parent_ch.recv()?;
         let Some(msg) = msg else {
-            return Err(ZoneError::Msg("zone init exited before it was ready".into()));
+            return Err(ZoneError::Msg(
+                "zone init exited before it was ready".into(),
+            ));
         };
         match msg.tag.as_str() {
             "MAP" => {
@@ -323,20 +337,24 @@ fn create_inner(
                 parent_ch.send("MAPPED", "", None)?;
             }
             "PID" => {
-                let pid: i32 = msg
-                    .payload
-                    .parse()
-                    .map_err(|_| ZoneError::Msg(format!("protocol error: bad pid {:?}", msg.payload)))?;
+                let pid: i32 = msg.payload.parse().map_err(|_| {
+                    ZoneError::Msg(format!("protocol error: bad pid {:?}", msg.payload))
+                })?;
                 init_pid = Some(pid);
                 cleanup.pids.insert(0, pid);
                 let _ = nix::sys::wait::waitpid(Pid::from_raw(stage1), None);
                 cleanup.pids.retain(|p| *p != stage1);
+                // Moving a task into v1 hierarchies waits for an RCU grace
+                // period: done here, it overlaps with the init's mount work.
+                cg.add_process(pid)?;
+                // If the init already failed, its ERR message follows.
+                let _ = parent_ch.send("CGOK", "", None);
             }
             "HOOKS" => hooks_pending = true,
             "PTY" => {
-                let fd = msg
-                    .fd
-                    .ok_or_else(|| ZoneError::Msg("protocol error: PTY without a descriptor".into()))?;
+                let fd = msg.fd.ok_or_else(|| {
+                    ZoneError::Msg("protocol error: PTY without a descriptor".into())
+                })?;
                 if let Some(sock) = &opts.console_socket {
                     crate::sync::send_console(sock, fd.as_raw_fd(), &msg.payload)?;
                 } else {
@@ -345,7 +363,11 @@ fn create_inner(
             }
             "READY" => break,
             "ERR" => return Err(ZoneError::Msg(msg.payload)),
-            other => return Err(ZoneError::Msg(format!("protocol error: unexpected message {other}"))),
+            other => {
+                return Err(ZoneError::Msg(format!(
+                    "protocol error: unexpected message {other}"
+                )))
+            }
         }
         if hooks_pending {
             if let Some(pid) = init_pid {
@@ -356,7 +378,8 @@ fn create_inner(
             }
         }
     }
-    let pid = init_pid.ok_or_else(|| ZoneError::Msg("protocol error: init ready without a pid".into()))?;
+    let pid = init_pid
+        .ok_or_else(|| ZoneError::Msg("protocol error: init ready without a pid".into()))?;
     let pid_start = crate::state::proc_stat(pid)
         .map(|s| s.1)
         .ok_or_else(|| ZoneError::Msg(format!("zone init (pid {pid}) exited during create")))?;
@@ -377,16 +400,20 @@ fn create_inner(
     if let Some(pf) = &opts.pid_file {
         write_pid_file(pf, pid)?;
     }
-    let _ = process;
     Ok(Spawned { pid, console })
 }
 
 /// The device rules of the spec followed by the devices every zone gets
 /// (the minimal /dev, the pty, and the spec's own `linux.devices`), as runc
 /// does; later rules win, so a leading "deny all" keeps everything else out.
-fn with_default_devices(r: &oci_spec::runtime::LinuxResources, spec: &Spec) -> oci_spec::runtime::LinuxResources {
+fn with_default_devices(
+    r: &oci_spec::runtime::LinuxResources,
+    spec: &Spec,
+) -> oci_spec::runtime::LinuxResources {
     let mut out = r.clone();
-    let Some(rules) = r.devices().clone() else { return out };
+    let Some(rules) = r.devices().clone() else {
+        return out;
+    };
     let mut v = rules;
     let rule = |t: &str, major: Option<i64>, minor: Option<i64>, access: &str| {
         serde_json::from_value::<oci_spec::runtime::LinuxDeviceCgroup>(serde_json::json!({
@@ -408,7 +435,12 @@ fn with_default_devices(r: &oci_spec::runtime::LinuxResources, spec: &Spec) -> o
         rule("c", Some(136), None, "rwm"),
     ];
     v.extend(defaults.into_iter().flatten());
-    for d in spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default() {
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
         v.push(oci_spec::runtime::LinuxDeviceCgroup::from(&d));
     }
     out.set_devices(Some(v));
@@ -429,7 +461,8 @@ pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 
 /// Open a namespace file to join later.
 fn open_ns(p: &Path) -> Result<OwnedFd> {
-    nix::fcntl::open(p, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).ctx(|| format!("open namespace {}", p.display()))
+    nix::fcntl::open(p, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .ctx(|| format!("open namespace {}", p.display()))
 }
 
 fn stage1_main(ctx: &InitCtx, ch: &Channel) -> ! {
@@ -440,7 +473,6 @@ fn stage1_main(ctx: &InitCtx, ch: &Channel) -> ! {
 }
 
 fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
-    ch.expect("GO")?;
     let nss = namespaces(ctx.spec);
     // Join namespaces given by path, user namespace first.
     let mut joins = Vec::new();
@@ -452,26 +484,51 @@ fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
         }
     }
     for (t, fd, p) in &joins {
-        nix::sched::setns(fd.as_fd(), ns_flag(*t)).ctx(|| format!("setns {} ({})", p.display(), ns_file(*t)))?;
+        nix::sched::setns(fd.as_fd(), ns_flag(*t))
+            .ctx(|| format!("setns {} ({})", p.display(), ns_file(*t)))?;
     }
     if new_user_ns(ctx.spec) {
         nix::sched::unshare(CloneFlags::CLONE_NEWUSER).ctx(|| "unshare user namespace")?;
         ch.send("MAP", "", None)?;
         ch.expect("MAPPED")?;
-        nix::unistd::setresgid(nix::unistd::Gid::from_raw(0), nix::unistd::Gid::from_raw(0), nix::unistd::Gid::from_raw(0))
-            .ctx(|| "setresgid 0 in the user namespace")?;
-        nix::unistd::setresuid(nix::unistd::Uid::from_raw(0), nix::unistd::Uid::from_raw(0), nix::unistd::Uid::from_raw(0))
-            .ctx(|| "setresuid 0 in the user namespace")?;
+        nix::unistd::setresgid(
+            nix::unistd::Gid::from_raw(0),
+            nix::unistd::Gid::from_raw(0),
+            nix::unistd::Gid::from_raw(0),
+        )
+        .ctx(|| "setresgid 0 in the user namespace")?;
+        nix::unistd::setresuid(
+            nix::unistd::Uid::from_raw(0),
+            nix::unistd::Uid::from_raw(0),
+            nix::unistd::Uid::from_raw(0),
+        )
+        .ctx(|| "setresuid 0 in the user namespace")?;
     }
     let mut flags = CloneFlags::empty();
-    for n in nss.iter().filter(|n| n.path().is_none() && n.typ() != LinuxNamespaceType::User) {
+    for n in nss
+        .iter()
+        .filter(|n| {
+            n.path().is_none()
+                && n.typ() != LinuxNamespaceType::User
+                && n.typ() != LinuxNamespaceType::Cgroup
+        })
+    {
         flags |= ns_flag(n.typ());
     }
     nix::sched::unshare(flags).ctx(|| format!("unshare namespaces ({:#x})", flags.bits()))?;
-    if let Some(offs) = ctx.spec.linux().as_ref().and_then(|l| l.time_offsets().clone()) {
+    if let Some(offs) = ctx
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().clone())
+    {
         let mut text = String::new();
         for (clock, o) in offs {
-            text.push_str(&format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0)));
+            text.push_str(&format!(
+                "{clock} {} {}\n",
+                o.secs().unwrap_or(0),
+                o.nanosecs().unwrap_or(0)
+            ));
         }
         if !text.is_empty() {
             std::fs::write("/proc/self/timens_offsets", text)
@@ -482,12 +539,7 @@ fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
     match unsafe { nix::unistd::fork() }.ctx(|| "fork zone init")? {
         ForkResult::Child => match init(ctx, ch) {
             Ok(never) => match never {},
-            Err(e) => {
-                if e.to_string().is_empty() {
-                    child_exit(1)
-                }
-                child_fail(ch, &e)
-            }
+            Err(e) => child_fail(ch, &e),
         },
         ForkResult::Parent { child } => {
             ch.send("PID", &child.as_raw().to_string(), None)?;
@@ -496,13 +548,22 @@ fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
     }
 }
 
+/// Uninhabited: a function returning `Result<Never>` only returns on error.
 enum Never {}
 
 /// Open the pty inside the zone's devpts, make it our controlling terminal,
 /// and return the master (to be sent to the console socket).
-fn setup_tty(ptmx: &Path, slave_dir: &Path, console_size: Option<oci_spec::runtime::Box>) -> Result<(OwnedFd, String, PathBuf)> {
-    let master = nix::fcntl::open(ptmx, OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())
-        .ctx(|| format!("open {}", ptmx.display()))?;
+fn setup_tty(
+    ptmx: &Path,
+    slave_dir: &Path,
+    console_size: Option<oci_spec::runtime::Box>,
+) -> Result<(OwnedFd, String, PathBuf)> {
+    let master = nix::fcntl::open(
+        ptmx,
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("open {}", ptmx.display()))?;
     let mut n: libc::c_uint = 0;
     let mut unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK/TIOCGPTN with valid pointers on a pty master.
@@ -571,7 +632,10 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
         if !d.is_empty() {
             // SAFETY: setdomainname with a valid buffer and its length.
             if unsafe { libc::setdomainname(d.as_ptr() as *const libc::c_char, d.len()) } < 0 {
-                return Err(ZoneError::sys(format!("setdomainname {d:?}"), Errno::last()));
+                return Err(ZoneError::sys(
+                    format!("setdomainname {d:?}"),
+                    Errno::last(),
+                ));
             }
         }
     }
@@ -590,17 +654,35 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
         .ctx(|| format!("open {}", ctx.fifo.display()))?;
     let hooks = hooks_of(spec);
     let mut state_json = String::new();
+    let mut cg_ok = false;
     if any_hooks(&hooks) {
         ch.send("HOOKS", "", None)?;
-        state_json = ch.expect("HOOKSDONE")?.payload;
-        run_hooks("createContainer", hooks.create_container().as_deref().unwrap_or(&[]), &state_json)?;
+        state_json = loop {
+            let m = ch.expect_one_of(&["HOOKSDONE", "CGOK"])?;
+            if m.tag == "CGOK" {
+                cg_ok = true;
+            } else {
+                break m.payload;
+            }
+        };
+        run_hooks(
+            "createContainer",
+            hooks.create_container().as_deref().unwrap_or(&[]),
+            &state_json,
+        )?;
     }
     if has_new(LinuxNamespaceType::Mount) {
         crate::mounts::enter_root(ctx.rootfs, ctx.no_pivot)?;
     }
-    for (k, v) in spec.linux().as_ref().and_then(|l| l.sysctl().clone()).unwrap_or_default() {
+    for (k, v) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default()
+    {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v.as_bytes()).map_err(|e| ZoneError::io(&format!("set sysctl {k}: write"), &p, e))?;
+        std::fs::write(&p, v.as_bytes())
+            .map_err(|e| ZoneError::io(&format!("set sysctl {k}: write"), &p, e))?;
     }
     if has_new(LinuxNamespaceType::Mount) {
         crate::mounts::finish_rootfs(spec)?;
@@ -615,8 +697,19 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
     let exe = crate::process::lookup_exec(args.first().map(String::as_str).unwrap_or(""), &env)?;
     match std::fs::metadata(process.cwd()) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(ZoneError::Msg(format!("process.cwd {:?} is not a directory", process.cwd()))),
+        Ok(_) => {
+            return Err(ZoneError::Msg(format!(
+                "process.cwd {:?} is not a directory",
+                process.cwd()
+            )))
+        }
         Err(e) => return Err(ZoneError::io("process.cwd: stat", process.cwd(), e)),
+    }
+    if !cg_ok {
+        ch.expect("CGOK")?;
+    }
+    if ctx.new_cgroupns {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).ctx(|| "unshare cgroup namespace")?;
     }
     ch.send("READY", "", None)?;
 
@@ -633,9 +726,20 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
         drop(fifo);
         if !state_json.is_empty() {
             let st = with_status(&state_json, Status::Created);
-            run_hooks("startContainer", hooks.start_container().as_deref().unwrap_or(&[]), &st)?;
+            run_hooks(
+                "startContainer",
+                hooks.start_container().as_deref().unwrap_or(&[]),
+                &st,
+            )?;
         }
-        finalize_and_exec(&process, &exe, &args, &env, ctx.preserve_fds, ctx.seccomp.as_ref())
+        finalize_and_exec(
+            &process,
+            &exe,
+            &args,
+            &env,
+            ctx.preserve_fds,
+            ctx.seccomp.as_ref(),
+        )
     })();
     // After READY the parent is gone: report on the zone's stderr.
     let Err(e) = result;
@@ -693,12 +797,24 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     let (st, sd) = State::load(root, id)?;
     match st.status(&sd) {
         Status::Created => {}
-        Status::Stopped => return Err(ZoneError::State("cannot start a container that has stopped".into())),
-        s => return Err(ZoneError::State(format!("cannot start an already {s} container"))),
+        Status::Stopped => {
+            return Err(ZoneError::State(
+                "cannot start a container that has stopped".into(),
+            ))
+        }
+        s => {
+            return Err(ZoneError::State(format!(
+                "cannot start an already {s} container"
+            )))
+        }
     }
     let fifo_path = sd.fifo();
-    let fifo = nix::fcntl::open(&fifo_path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty())
-        .ctx(|| format!("open {}", fifo_path.display()))?;
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("open {}", fifo_path.display()))?;
     let pidfd = crate::process::pidfd_open(st.pid)?;
     loop {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -711,20 +827,28 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
             Err(e) => return Err(ZoneError::sys("poll exec fifo", e)),
             Ok(_) => {}
         }
-        let fifo_ready = fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
+        let fifo_ready = fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
         let died = fds[1].revents().is_some_and(|r| !r.is_empty());
         if fifo_ready {
             let mut b = [0u8; 1];
             match nix::unistd::read(&fifo, &mut b) {
                 Ok(1) => break,
-                Ok(_) => return Err(ZoneError::Msg("zone init closed the exec fifo without starting".into())),
+                Ok(_) => {
+                    return Err(ZoneError::Msg(
+                        "zone init closed the exec fifo without starting".into(),
+                    ))
+                }
                 Err(Errno::EAGAIN) => {}
                 Err(e) => return Err(ZoneError::sys("read exec fifo", e)),
             }
         }
         if died {
             let _ = std::fs::remove_file(&fifo_path);
-            return Err(ZoneError::Msg(format!("container \"{id}\" init exited before it was started")));
+            return Err(ZoneError::Msg(format!(
+                "container \"{id}\" init exited before it was started"
+            )));
         }
     }
     let _ = std::fs::remove_file(&fifo_path);
@@ -807,7 +931,8 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         }
     }
     let destroyed = cg.destroy();
-    std::fs::remove_dir_all(&sd.dir).map_err(|e| ZoneError::io("remove state directory", &sd.dir, e))?;
+    std::fs::remove_dir_all(&sd.dir)
+        .map_err(|e| ZoneError::io("remove state directory", &sd.dir, e))?;
     destroyed?;
     Ok(())
 }
@@ -817,7 +942,9 @@ pub fn pause(root: &Path, id: &str) -> Result<()> {
     let (st, sd) = State::load(root, id)?;
     match st.status(&sd) {
         Status::Running | Status::Created => Ok(Cgroup::from_state(&st.cgroup).freeze()?),
-        s => Err(ZoneError::State(format!("container \"{id}\" is {s}, not running"))),
+        s => Err(ZoneError::State(format!(
+            "container \"{id}\" is {s}, not running"
+        ))),
     }
 }
 
@@ -826,7 +953,9 @@ pub fn resume(root: &Path, id: &str) -> Result<()> {
     let (st, sd) = State::load(root, id)?;
     match st.status(&sd) {
         Status::Paused => Ok(Cgroup::from_state(&st.cgroup).thaw()?),
-        s => Err(ZoneError::State(format!("container \"{id}\" is {s}, not paused"))),
+        s => Err(ZoneError::State(format!(
+            "container \"{id}\" is {s}, not paused"
+        ))),
     }
 }
 
@@ -926,14 +1055,21 @@ pub fn exec(opts: &ExecOpts) -> Result<Spawned> {
         Status::Paused => return Err(ZoneError::State("cannot exec in a paused container".into())),
         s => return Err(ZoneError::State(format!("cannot exec in a {s} container"))),
     }
-    crate::spec::validate_process(&opts.process).map_err(|m| ZoneError::Spec(format!("process: {m}")))?;
+    crate::spec::validate_process(&opts.process)
+        .map_err(|m| ZoneError::Spec(format!("process: {m}")))?;
     let terminal = opts.process.terminal().unwrap_or(false);
     if terminal && opts.console_socket.is_none() && !opts.keep_console {
         return Err(ZoneError::Msg(
-            "cannot allocate a tty if bulkhead-runc will detach without setting --console-socket".into(),
+            "cannot allocate a tty if bulkhead-runc will detach without setting --console-socket"
+                .into(),
         ));
     }
-    let seccomp = match st.config.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+    let seccomp = match st
+        .config
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+    {
         Some(s) => Some(crate::seccomp::compile(s)?),
         None => None,
     };
@@ -956,7 +1092,13 @@ pub fn exec(opts: &ExecOpts) -> Result<Spawned> {
     let mid = match unsafe { nix::unistd::fork() }.ctx(|| "fork")? {
         ForkResult::Child => {
             drop(parent_ch);
-            let r = exec_stage1(&joins, &opts.process, opts.preserve_fds, seccomp.as_ref(), &child_ch);
+            let r = exec_stage1(
+                &joins,
+                &opts.process,
+                opts.preserve_fds,
+                seccomp.as_ref(),
+                &child_ch,
+            );
             match r {
                 Ok(()) => child_exit(0),
                 Err(e) => child_fail(&child_ch, &e),
@@ -977,10 +1119,6 @@ pub fn exec(opts: &ExecOpts) -> Result<Spawned> {
         let _ = nix::sys::wait::waitpid(Pid::from_raw(mid), None);
         e
     };
-    if let Err(e) = cg.add_process(mid) {
-        return Err(fail(e.into(), None));
-    }
-    parent_ch.send("GO", "", None).map_err(|e| fail(e, None))?;
     let mut pid = None;
     let mut console = None;
     loop {
@@ -993,21 +1131,35 @@ pub fn exec(opts: &ExecOpts) -> Result<Spawned> {
             "PID" => {
                 pid = m.payload.parse::<i32>().ok();
                 let _ = nix::sys::wait::waitpid(Pid::from_raw(mid), None);
+                if let Some(p) = pid {
+                    if let Err(e) = cg.add_process(p) {
+                        return Err(fail(e.into(), pid));
+                    }
+                    // If the child already failed, its ERR message follows.
+                    let _ = parent_ch.send("CGOK", "", None);
+                }
             }
             "PTY" => {
                 if let Some(fd) = m.fd {
                     if let Some(sock) = &opts.console_socket {
-                        crate::sync::send_console(sock, fd.as_raw_fd(), &m.payload).map_err(|e| fail(e, pid))?;
+                        crate::sync::send_console(sock, fd.as_raw_fd(), &m.payload)
+                            .map_err(|e| fail(e, pid))?;
                     } else {
                         console = Some(fd);
                     }
                 }
             }
             "ERR" => return Err(fail(ZoneError::Msg(m.payload), pid)),
-            other => return Err(fail(ZoneError::Msg(format!("protocol error: unexpected message {other}")), pid)),
+            other => {
+                return Err(fail(
+                    ZoneError::Msg(format!("protocol error: unexpected message {other}")),
+                    pid,
+                ))
+            }
         }
     }
-    let pid = pid.ok_or_else(|| ZoneError::Msg("exec: the process exited before it started".into()))?;
+    let pid =
+        pid.ok_or_else(|| ZoneError::Msg("exec: the process exited before it started".into()))?;
     if let Some(pf) = &opts.pid_file {
         write_pid_file(pf, pid)?;
     }
@@ -1021,9 +1173,9 @@ fn exec_stage1(
     seccomp: Option<&crate::seccomp::BpfProgram>,
     ch: &Channel,
 ) -> Result<()> {
-    ch.expect("GO")?;
     for (t, fd) in joins {
-        nix::sched::setns(fd.as_fd(), ns_flag(*t)).ctx(|| format!("setns into the zone's {} namespace", ns_file(*t)))?;
+        nix::sched::setns(fd.as_fd(), ns_flag(*t))
+            .ctx(|| format!("setns into the zone's {} namespace", ns_file(*t)))?;
     }
     // SAFETY: single-threaded child.
     match unsafe { nix::unistd::fork() }.ctx(|| "fork")? {
@@ -1034,8 +1186,11 @@ fn exec_stage1(
         ForkResult::Child => {
             let r = (|| -> Result<Never> {
                 if process.terminal().unwrap_or(false) {
-                    let (master, name, slave) =
-                        setup_tty(Path::new("/dev/pts/ptmx"), Path::new("/dev/pts"), process.console_size())?;
+                    let (master, name, slave) = setup_tty(
+                        Path::new("/dev/pts/ptmx"),
+                        Path::new("/dev/pts"),
+                        process.console_size(),
+                    )?;
                     attach_tty(&slave)?;
                     ch.send("PTY", &name, Some(master.as_raw_fd()))?;
                     drop(master);
@@ -1044,7 +1199,12 @@ fn exec_stage1(
                 let mut env = process.env().clone().unwrap_or_default();
                 crate::process::ensure_home(&mut env, process.user().uid());
                 let args = process.args().clone().unwrap_or_default();
-                let exe = crate::process::lookup_exec(args.first().map(String::as_str).unwrap_or(""), &env)?;
+                let exe = crate::process::lookup_exec(
+                    args.first().map(String::as_str).unwrap_or(""),
+                    &env,
+                )?;
+                // Only exec once the parent has moved us into the cgroup.
+                ch.expect("CGOK")?;
                 // The channel is close-on-exec: EOF tells the parent exec worked.
                 finalize_and_exec(process, &exe, &args, &env, preserve_fds, seccomp)
             })();
@@ -1069,9 +1229,4 @@ pub fn wait_exit(pid: i32) -> Result<i32> {
             Err(e) => return Err(ZoneError::sys(format!("wait for pid {pid}"), e)),
         }
     }
-}
-
-/// Annotations helper for the CLI's list output.
-pub fn annotations_of(v: &crate::state::StateView) -> &HashMap<String, String> {
-    &v.annotations
 }

@@ -26,7 +26,10 @@ pub enum ZoneError {
     },
     /// A syscall failed.
     #[error("{what}: {errno}")]
-    Sys { what: String, errno: nix::errno::Errno },
+    Sys {
+        what: String,
+        errno: nix::errno::Errno,
+    },
     /// Cgroup management failed.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),

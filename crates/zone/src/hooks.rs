@@ -72,13 +72,22 @@ pub fn run_hook(kind: &str, h: &Hook, state_json: &str) -> Result<()> {
         (_, Some(s)) => format!("killed by signal {s}"),
         _ => "failed".into(),
     };
-    Err(ZoneError::Msg(format!("{kind} hook {}: {how}", path.display())))
+    Err(ZoneError::Msg(format!(
+        "{kind} hook {}: {how}",
+        path.display()
+    )))
 }
 
-fn wait_deadline(child: &mut std::process::Child, deadline: Instant) -> Result<Option<std::process::ExitStatus>> {
+fn wait_deadline(
+    child: &mut std::process::Child,
+    deadline: Instant,
+) -> Result<Option<std::process::ExitStatus>> {
     let pidfd = crate::process::pidfd_open(child.id() as i32)?;
     loop {
-        if let Some(s) = child.try_wait().map_err(|e| ZoneError::Msg(format!("wait for hook: {e}")))? {
+        if let Some(s) = child
+            .try_wait()
+            .map_err(|e| ZoneError::Msg(format!("wait for hook: {e}")))?
+        {
             return Ok(Some(s));
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -114,12 +123,16 @@ mod tests {
             "poststart hook /bin/sh: exit status 3"
         );
         let h = hook(serde_json::json!({"path": "/nonexistent/hook"}));
-        assert!(run_hook("prestart", &h, "{}").unwrap_err().to_string().starts_with("prestart hook /nonexistent/hook: "));
+        assert!(run_hook("prestart", &h, "{}")
+            .unwrap_err()
+            .to_string()
+            .starts_with("prestart hook /nonexistent/hook: "));
     }
 
     #[test]
     fn hook_timeout_kills() {
-        let h = hook(serde_json::json!({"path": "/bin/sleep", "args": ["sleep", "100"], "timeout": 1}));
+        let h =
+            hook(serde_json::json!({"path": "/bin/sleep", "args": ["sleep", "100"], "timeout": 1}));
         assert_eq!(
             run_hook("createRuntime", &h, "{}").unwrap_err().to_string(),
             "createRuntime hook /bin/sleep: timed out after 1s and was killed"

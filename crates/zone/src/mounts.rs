@@ -81,13 +81,16 @@ impl MountOptions {
                 }
                 "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave"
                 | "unbindable" | "runbindable" => {
-                    o.propagation.push(propagation_flags(opt).unwrap_or(MsFlags::MS_PRIVATE));
+                    o.propagation
+                        .push(propagation_flags(opt).unwrap_or(MsFlags::MS_PRIVATE));
                     continue;
                 }
                 // Runtime hints that are not mount(2) options.
                 "tmpcopyup" | "notmpcopyup" | "copy-symlink" => continue,
                 "idmap" | "ridmap" => {
-                    return Err(format!("option {opt:?}: id-mapped mounts are not supported"))
+                    return Err(format!(
+                        "option {opt:?}: id-mapped mounts are not supported"
+                    ))
                 }
                 _ if opt.is_empty() => return Err("empty mount option".into()),
                 _ => {
@@ -160,7 +163,10 @@ pub fn resolve_in_root(root: &OwnedFd, path: &Path, create: Create) -> Result<Ow
 
 fn resolve_depth(root: &OwnedFd, path: &Path, create: Create, depth: u32) -> Result<OwnedFd> {
     if depth > 40 {
-        return Err(ZoneError::sys(format!("resolve {} in the root", path.display()), Errno::ELOOP));
+        return Err(ZoneError::sys(
+            format!("resolve {} in the root", path.display()),
+            Errno::ELOOP,
+        ));
     }
     let comps = rel_components(path);
     let full: PathBuf = if comps.is_empty() {
@@ -171,7 +177,12 @@ fn resolve_depth(root: &OwnedFd, path: &Path, create: Create, depth: u32) -> Res
     match openat2(root.as_fd(), &full, how()) {
         Ok(fd) => return Ok(fd),
         Err(Errno::ENOENT) if create != Create::Nothing => {}
-        Err(e) => return Err(ZoneError::sys(format!("resolve {} in the root", path.display()), e)),
+        Err(e) => {
+            return Err(ZoneError::sys(
+                format!("resolve {} in the root", path.display()),
+                e,
+            ))
+        }
     }
     // Walk from the root, creating what is missing; each prefix is resolved
     // again from the root so that a symlink planted on the way stays inside.
@@ -185,12 +196,23 @@ fn resolve_depth(root: &OwnedFd, path: &Path, create: Create, depth: u32) -> Res
                 continue;
             }
             Err(Errno::ENOENT) => {}
-            Err(e) => return Err(ZoneError::sys(format!("resolve {} in the root", prefix.display()), e)),
+            Err(e) => {
+                return Err(ZoneError::sys(
+                    format!("resolve {} in the root", prefix.display()),
+                    e,
+                ))
+            }
         }
         let last = i + 1 == comps.len();
         let name = c.as_path();
         let r = if last && create == Create::File {
-            mknodat(parent.as_fd(), name, SFlag::S_IFREG, Mode::from_bits_truncate(0o755), 0)
+            mknodat(
+                parent.as_fd(),
+                name,
+                SFlag::S_IFREG,
+                Mode::from_bits_truncate(0o755),
+                0,
+            )
         } else {
             nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
         };
@@ -214,7 +236,12 @@ fn resolve_depth(root: &OwnedFd, path: &Path, create: Create, depth: u32) -> Res
                     return resolve_depth(root, &next, create, depth + 1);
                 }
             }
-            Err(e) => return Err(ZoneError::sys(format!("create {} in the root", prefix.display()), e)),
+            Err(e) => {
+                return Err(ZoneError::sys(
+                    format!("create {} in the root", prefix.display()),
+                    e,
+                ))
+            }
         }
         parent = openat2(root.as_fd(), &prefix, how())
             .map_err(|e| ZoneError::sys(format!("resolve {} in the root", prefix.display()), e))?;
@@ -288,9 +315,14 @@ pub fn prepare_rootfs(cfg: &RootfsConfig) -> Result<()> {
         .as_deref()
         .and_then(propagation_flags)
         .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
-    mnt(None, Path::new("/"), None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None, &|| {
-        "make / rslave".into()
-    })?;
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None,
+        &|| "make / rslave".into(),
+    )?;
     mnt(
         Some(cfg.rootfs),
         cfg.rootfs,
@@ -299,18 +331,30 @@ pub fn prepare_rootfs(cfg: &RootfsConfig) -> Result<()> {
         None,
         &|| format!("bind {} onto itself", cfg.rootfs.display()),
     )?;
-    if prop.contains(MsFlags::MS_SHARED) || prop.contains(MsFlags::MS_PRIVATE) || prop.contains(MsFlags::MS_UNBINDABLE) {
-        mnt(None, cfg.rootfs, None, prop, None, &|| "set rootfsPropagation".into())?;
+    if prop.contains(MsFlags::MS_SHARED)
+        || prop.contains(MsFlags::MS_PRIVATE)
+        || prop.contains(MsFlags::MS_UNBINDABLE)
+    {
+        mnt(None, cfg.rootfs, None, prop, None, &|| {
+            "set rootfsPropagation".into()
+        })?;
     }
-    let root = nix::fcntl::open(cfg.rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .ctx(|| format!("open {}", cfg.rootfs.display()))?;
+    let root = nix::fcntl::open(
+        cfg.rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("open {}", cfg.rootfs.display()))?;
 
     let mounts = cfg.spec.mounts().clone().unwrap_or_default();
     let dest_is = |d: &str| mounts.iter().any(|m| m.destination() == Path::new(d));
     let dev_bind = mounts.iter().any(|m| {
         m.destination() == Path::new("/dev")
             && (m.typ().as_deref() == Some("bind")
-                || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind"))
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind"))
     });
     if !dest_is("/dev") {
         let fd = resolve_in_root(&root, Path::new("/dev"), Create::Dir)?;
@@ -324,8 +368,9 @@ pub fn prepare_rootfs(cfg: &RootfsConfig) -> Result<()> {
         )?;
     }
     for (i, m) in mounts.iter().enumerate() {
-        mount_entry(cfg, &root, m)
-            .map_err(|e| ZoneError::Msg(format!("mounts[{i}] ({}): {e}", m.destination().display())))?;
+        mount_entry(cfg, &root, m).map_err(|e| {
+            ZoneError::Msg(format!("mounts[{i}] ({}): {e}", m.destination().display()))
+        })?;
     }
     if !dev_bind {
         if !dest_is("/dev/pts") {
@@ -351,7 +396,17 @@ pub fn prepare_rootfs(cfg: &RootfsConfig) -> Result<()> {
             )?;
         }
         for (name, major, minor) in DEFAULT_DEVICES {
-            make_device(cfg, &root, &format!("/dev/{name}"), SFlag::S_IFCHR, *major, *minor, 0o666, 0, 0)?;
+            make_device(
+                cfg,
+                &root,
+                &format!("/dev/{name}"),
+                SFlag::S_IFCHR,
+                *major,
+                *minor,
+                0o666,
+                0,
+                0,
+            )?;
         }
         let dev = resolve_in_root(&root, Path::new("/dev"), Create::Nothing)?;
         for (link, target) in [
@@ -409,13 +464,30 @@ fn make_device(
         .file_name()
         .ok_or_else(|| ZoneError::Msg(format!("device path {path:?} has no file name")))?;
     // An existing node (e.g. from a bind-mounted /dev) is replaced.
-    let _ = nix::unistd::unlinkat(parent.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    let _ = nix::unistd::unlinkat(
+        parent.as_fd(),
+        name,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
     if cfg.in_userns {
         // mknod is not allowed in a user namespace: bind the host's node.
-        mknodat(parent.as_fd(), name, SFlag::S_IFREG, Mode::from_bits_truncate(0o644), 0)
-            .ctx(|| format!("create {path}"))?;
+        mknodat(
+            parent.as_fd(),
+            name,
+            SFlag::S_IFREG,
+            Mode::from_bits_truncate(0o644),
+            0,
+        )
+        .ctx(|| format!("create {path}"))?;
         let fd = resolve_in_root(root, p, Create::Nothing)?;
-        mnt(Some(p), &fd_path(&fd), None, MsFlags::MS_BIND, None, &|| format!("bind host {path}"))?;
+        mnt(
+            Some(p),
+            &fd_path(&fd),
+            None,
+            MsFlags::MS_BIND,
+            None,
+            &|| format!("bind host {path}"),
+        )?;
         return Ok(());
     }
     let dev = nix::sys::stat::makedev(major, minor);
@@ -443,7 +515,8 @@ fn make_device(
 }
 
 fn mount_entry(cfg: &RootfsConfig, root: &OwnedFd, m: &oci_spec::runtime::Mount) -> Result<()> {
-    let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[])).map_err(ZoneError::Msg)?;
+    let opts =
+        MountOptions::parse(m.options().as_deref().unwrap_or(&[])).map_err(ZoneError::Msg)?;
     let typ = m.typ().clone().unwrap_or_default();
     let bind = opts.bind || typ == "bind";
     let dest = m.destination();
@@ -456,20 +529,28 @@ fn mount_entry(cfg: &RootfsConfig, root: &OwnedFd, m: &oci_spec::runtime::Mount)
             .clone()
             .ok_or_else(|| ZoneError::Msg("bind mount without a source".into()))?;
         let meta = std::fs::metadata(&src).map_err(|e| ZoneError::io("stat", &src, e))?;
-        let create = if meta.is_dir() { Create::Dir } else { Create::File };
+        let create = if meta.is_dir() {
+            Create::Dir
+        } else {
+            Create::File
+        };
         let fd = resolve_in_root(root, dest, create)?;
         let mut flags = MsFlags::MS_BIND;
         if opts.recursive {
             flags |= MsFlags::MS_REC;
         }
-        mnt(Some(&src), &fd_path(&fd), None, flags, None, &|| format!("bind {}", src.display()))?;
+        mnt(Some(&src), &fd_path(&fd), None, flags, None, &|| {
+            format!("bind {}", src.display())
+        })?;
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
             // Flags on a bind mount take effect only through a remount.
             let fd = resolve_in_root(root, dest, Create::Nothing)?;
             let p = fd_path(&fd);
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked_flags(&p);
-            mnt(None, &p, None, flags, None, &|| "remount bind with options".into())?;
+            mnt(None, &p, None, flags, None, &|| {
+                "remount bind with options".into()
+            })?;
         }
         apply_propagation(root, dest, &opts)?;
         return Ok(());
@@ -479,22 +560,40 @@ fn mount_entry(cfg: &RootfsConfig, root: &OwnedFd, m: &oci_spec::runtime::Mount)
     let data = opts.data_string();
     let flags = opts.flags;
     let target = fd_path(&fd);
-    match mount(Some(&src), &target, Some(typ.as_str()), flags, data.as_deref()) {
+    match mount(
+        Some(&src),
+        &target,
+        Some(typ.as_str()),
+        flags,
+        data.as_deref(),
+    ) {
         Ok(()) => {}
         // sysfs cannot be mounted in a user namespace that does not own the
         // network namespace: bind the host's /sys instead, as runc does.
         Err(Errno::EPERM) if typ == "sysfs" && cfg.in_userns => {
-            mnt(Some(Path::new("/sys")), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, &|| {
-                "bind /sys".into()
-            })?;
+            mnt(
+                Some(Path::new("/sys")),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+                &|| "bind /sys".into(),
+            )?;
             let fd = resolve_in_root(root, dest, Create::Nothing)?;
             let p = fd_path(&fd);
-            let fl = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | (flags & MsFlags::MS_RDONLY) | locked_flags(&p);
+            let fl = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | (flags & MsFlags::MS_RDONLY)
+                | locked_flags(&p);
             mnt(None, &p, None, fl, None, &|| "remount /sys".into())?;
         }
         Err(e) => {
             return Err(ZoneError::sys(
-                format!("mount {} (type {typ}, data {:?})", src.display(), data.unwrap_or_default()),
+                format!(
+                    "mount {} (type {typ}, data {:?})",
+                    src.display(),
+                    data.unwrap_or_default()
+                ),
                 e,
             ))
         }
@@ -508,23 +607,58 @@ fn apply_propagation(root: &OwnedFd, dest: &Path, opts: &MountOptions) -> Result
     }
     let fd = resolve_in_root(root, dest, Create::Nothing)?;
     for p in &opts.propagation {
-        mnt(None, &fd_path(&fd), None, *p, None, &|| "set mount propagation".into())?;
+        mnt(None, &fd_path(&fd), None, *p, None, &|| {
+            "set mount propagation".into()
+        })?;
     }
     Ok(())
 }
 
 /// cgroup mounts: cgroup2 for a unified hierarchy; on v1/hybrid hosts a tmpfs
 /// with the zone's own hierarchies bind-mounted (read-only when asked).
-fn mount_cgroup(cfg: &RootfsConfig, root: &OwnedFd, dest: &Path, opts: &MountOptions) -> Result<()> {
+fn mount_cgroup(
+    cfg: &RootfsConfig,
+    root: &OwnedFd,
+    dest: &Path,
+    opts: &MountOptions,
+) -> Result<()> {
     let fd = resolve_in_root(root, dest, Create::Dir)?;
-    let flags = opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME);
+    let flags = opts.flags
+        & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME);
     let ro = opts.flags.contains(MsFlags::MS_RDONLY);
     let only_v2 = cfg.cgroup_sources.len() == 1 && cfg.cgroup_sources[0].1.is_empty();
-    if only_v2 || cfg.cgroup_sources.is_empty() {
-        let fl = flags | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
-        return mnt(Some(Path::new("cgroup2")), &fd_path(&fd), Some("cgroup2"), fl, None, &|| {
-            "mount cgroup2".into()
-        });
+    if only_v2 {
+        // Bind the zone's own cgroup2 directory: the init is not yet in its
+        // cgroup namespace here, so a fresh cgroup2 mount would show the
+        // host's whole tree.
+        let host = &cfg.cgroup_sources[0].0;
+        mnt(Some(host.as_path()), &fd_path(&fd), None, MsFlags::MS_BIND, None, &|| {
+            format!("bind cgroup {}", host.display())
+        })?;
+        let fd = resolve_in_root(root, dest, Create::Nothing)?;
+        let p = fd_path(&fd);
+        let fl = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | flags
+            | locked_flags(&p)
+            | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+        return mnt(None, &p, None, fl, None, &|| "remount cgroup2".into());
+    }
+    if cfg.cgroup_sources.is_empty() {
+        let fl = flags
+            | if ro {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
+        return mnt(
+            Some(Path::new("cgroup2")),
+            &fd_path(&fd),
+            Some("cgroup2"),
+            fl,
+            None,
+            &|| "mount cgroup2".into(),
+        );
     }
     mnt(
         Some(Path::new("tmpfs")),
@@ -535,18 +669,36 @@ fn mount_cgroup(cfg: &RootfsConfig, root: &OwnedFd, dest: &Path, opts: &MountOpt
         &|| "mount tmpfs for cgroups".into(),
     )?;
     for (host, name) in &cfg.cgroup_sources {
-        let name = if name.is_empty() { "unified" } else { name.as_str() };
+        let name = if name.is_empty() {
+            "unified"
+        } else {
+            name.as_str()
+        };
         let sub = dest.join(name);
         let fd = resolve_in_root(root, &sub, Create::Dir)?;
         let p = fd_path(&fd);
-        mnt(Some(host), &p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, &|| {
-            format!("bind cgroup {}", host.display())
-        })?;
+        mnt(
+            Some(host),
+            &p,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            &|| format!("bind cgroup {}", host.display()),
+        )?;
         let fd = resolve_in_root(root, &sub, Create::Nothing)?;
         let p = fd_path(&fd);
-        let fl = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked_flags(&p)
-            | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
-        mnt(None, &p, None, fl, None, &|| format!("remount cgroup {name}"))?;
+        let fl = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | flags
+            | locked_flags(&p)
+            | if ro {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
+        mnt(None, &p, None, fl, None, &|| {
+            format!("remount cgroup {name}")
+        })?;
         // Co-mounted controllers ("cpu,cpuacct") get one symlink per name.
         if name.contains(',') {
             let dir = resolve_in_root(root, dest, Create::Nothing)?;
@@ -562,7 +714,11 @@ fn mount_cgroup(cfg: &RootfsConfig, root: &OwnedFd, dest: &Path, opts: &MountOpt
             None,
             &p,
             None,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
             Some("mode=755"),
             &|| "remount cgroup tmpfs read-only".into(),
         )?;
@@ -572,10 +728,21 @@ fn mount_cgroup(cfg: &RootfsConfig, root: &OwnedFd, dest: &Path, opts: &MountOpt
 
 /// Bind the PTY slave `slave` over /dev/console inside the root.
 pub fn mount_console(rootfs: &Path, slave: &Path) -> Result<()> {
-    let root = nix::fcntl::open(rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .ctx(|| format!("open {}", rootfs.display()))?;
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("open {}", rootfs.display()))?;
     let fd = resolve_in_root(&root, Path::new("/dev/console"), Create::File)?;
-    mnt(Some(slave), &fd_path(&fd), None, MsFlags::MS_BIND, None, &|| "bind /dev/console".into())
+    mnt(
+        Some(slave),
+        &fd_path(&fd),
+        None,
+        MsFlags::MS_BIND,
+        None,
+        &|| "bind /dev/console".into(),
+    )
 }
 
 /// Enter the root: pivot_root (or MS_MOVE + chroot with `no_pivot`) and drop
@@ -583,15 +750,27 @@ pub fn mount_console(rootfs: &Path, slave: &Path) -> Result<()> {
 pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
     nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
     if no_pivot {
-        mnt(Some(rootfs), Path::new("/"), None, MsFlags::MS_MOVE, None, &|| "move root".into())?;
+        mnt(
+            Some(rootfs),
+            Path::new("/"),
+            None,
+            MsFlags::MS_MOVE,
+            None,
+            &|| "move root".into(),
+        )?;
         nix::unistd::chroot(".").ctx(|| "chroot")?;
     } else {
         nix::unistd::pivot_root(".", ".").ctx(|| "pivot_root")?;
         // The old root is stacked under the new one at "."; keep unmount
         // events from reaching the host, then detach it.
-        mnt(None, Path::new("."), None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None, &|| {
-            "make old root rslave".into()
-        })?;
+        mnt(
+            None,
+            Path::new("."),
+            None,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None,
+            &|| "make old root rslave".into(),
+        )?;
         umount2(".", MntFlags::MNT_DETACH).ctx(|| "unmount old root")?;
     }
     nix::unistd::chdir("/").ctx(|| "chdir /")
@@ -602,13 +781,25 @@ pub fn finish_rootfs(spec: &oci_spec::runtime::Spec) -> Result<()> {
     let linux = spec.linux().clone().unwrap_or_default();
     for p in linux.readonly_paths().iter().flatten() {
         let path = Path::new(p);
-        match mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
+        match mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ) {
             Ok(()) => {}
             Err(Errno::ENOENT) => continue,
             Err(e) => return Err(ZoneError::sys(format!("bind read-only path {p}"), e)),
         }
-        let fl = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | locked_flags(path);
-        mnt(None, path, None, fl, None, &|| format!("remount {p} read-only"))?;
+        let fl = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_REC
+            | locked_flags(path);
+        mnt(None, path, None, fl, None, &|| {
+            format!("remount {p} read-only")
+        })?;
     }
     for p in linux.masked_paths().iter().flatten() {
         let path = Path::new(p);
@@ -618,16 +809,38 @@ pub fn finish_rootfs(spec: &oci_spec::runtime::Spec) -> Result<()> {
             Err(e) => return Err(ZoneError::io("stat masked path", path, e)),
         };
         if meta.is_dir() {
-            mnt(Some(Path::new("tmpfs")), path, Some("tmpfs"), MsFlags::MS_RDONLY, None, &|| {
-                format!("mask {p}")
-            })?;
+            mnt(
+                Some(Path::new("tmpfs")),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None,
+                &|| format!("mask {p}"),
+            )?;
         } else {
-            mnt(Some(Path::new("/dev/null")), path, None, MsFlags::MS_BIND, None, &|| format!("mask {p}"))?;
+            mnt(
+                Some(Path::new("/dev/null")),
+                path,
+                None,
+                MsFlags::MS_BIND,
+                None,
+                &|| format!("mask {p}"),
+            )?;
         }
     }
-    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        let fl = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(Path::new("/"));
-        mnt(None, Path::new("/"), None, fl, None, &|| "remount / read-only".into())?;
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        let fl = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | locked_flags(Path::new("/"));
+        mnt(None, Path::new("/"), None, fl, None, &|| {
+            "remount / read-only".into()
+        })?;
     }
     Ok(())
 }
@@ -657,13 +870,19 @@ mod tests {
         assert!(!o.bind);
         let o = MountOptions::parse(&["rbind", "ro", "rprivate", "nodev", "rw"]).unwrap();
         assert!(o.bind && o.recursive);
-        assert_eq!(o.flags, MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NODEV);
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NODEV
+        );
         assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
         assert!(o.data.is_empty());
         let o = MountOptions::parse(&["noatime", "atime", "suid", "nosuid"]).unwrap();
         assert_eq!(o.flags, MsFlags::MS_NOSUID);
         assert!(MountOptions::parse(&["idmap"]).is_err());
-        assert_eq!(propagation_flags("rslave"), Some(MsFlags::MS_SLAVE | MsFlags::MS_REC));
+        assert_eq!(
+            propagation_flags("rslave"),
+            Some(MsFlags::MS_SLAVE | MsFlags::MS_REC)
+        );
         assert_eq!(propagation_flags("bogus"), None);
     }
 
@@ -689,7 +908,8 @@ mod tests {
         std::os::unix::fs::symlink("/", root.join("abs")).unwrap();
         std::os::unix::fs::symlink("../../../../..", root.join("etc/up")).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
-        let rfd = nix::fcntl::open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let rfd =
+            nix::fcntl::open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
 
         let fd = resolve_in_root(&rfd, Path::new("/abs/etc"), Create::Nothing).unwrap();
         assert_eq!(real(&fd), root.join("etc"));
@@ -699,7 +919,11 @@ mod tests {
         assert_eq!(real(&fd), root.join("etc"));
         // Creating through an escaping symlink lands inside the root.
         let fd = resolve_in_root(&rfd, Path::new("/out/new/dir"), Create::Dir).unwrap();
-        assert_eq!(real(&fd), root.join(outside.strip_prefix("/").unwrap()).join("new/dir"));
+        assert_eq!(
+            real(&fd),
+            root.join(outside.strip_prefix("/").unwrap())
+                .join("new/dir")
+        );
         assert!(!outside.join("new").exists());
         let fd = resolve_in_root(&rfd, Path::new("/abs/tmp/file"), Create::File).unwrap();
         assert_eq!(real(&fd), root.join("tmp/file"));

@@ -5,7 +5,7 @@
 //! Also small process helpers (pidfd, poll, signals) used by the lifecycle.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,7 +33,8 @@ pub fn poll_readable(fd: &impl AsFd, timeout: Option<Duration>) -> Result<bool> 
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let t = match timeout {
         None => PollTimeout::NONE,
-        Some(d) => PollTimeout::try_from(d.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX),
+        Some(d) => PollTimeout::try_from(d.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX),
     };
     loop {
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
@@ -56,7 +57,10 @@ pub fn wait_gone(pid: i32) {
 pub fn kill(pid: i32, sig: i32) -> Result<()> {
     // SAFETY: kill with integer arguments.
     if unsafe { libc::kill(pid, sig) } < 0 {
-        return Err(ZoneError::sys(format!("kill {pid} with signal {sig}"), Errno::last()));
+        return Err(ZoneError::sys(
+            format!("kill {pid} with signal {sig}"),
+            Errno::last(),
+        ));
     }
     Ok(())
 }
@@ -101,7 +105,10 @@ pub fn set_rlimits(limits: &[PosixRlimit]) -> Result<()> {
                     l.hard()
                 )));
             }
-            return Err(ZoneError::sys(format!("setrlimit {name} (soft {}, hard {})", l.soft(), l.hard()), e));
+            return Err(ZoneError::sys(
+                format!("setrlimit {name} (soft {}, hard {})", l.soft(), l.hard()),
+                e,
+            ));
         }
     }
     Ok(())
@@ -145,7 +152,10 @@ pub fn drop_bounding(c: Option<&LinuxCapabilities>) -> Result<()> {
             if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, i as libc::c_ulong, 0, 0, 0) } < 0 {
                 let e = Errno::last();
                 if e != Errno::EINVAL {
-                    return Err(ZoneError::sys(format!("drop capability {i} from the bounding set"), e));
+                    return Err(ZoneError::sys(
+                        format!("drop capability {i} from the bounding set"),
+                        e,
+                    ));
                 }
             }
         }
@@ -192,7 +202,10 @@ pub fn set_caps(c: Option<&LinuxCapabilities>) -> Result<()> {
     ];
     // SAFETY: capset with a v3 header and two data elements, as the ABI requires.
     if unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) } < 0 {
-        return Err(ZoneError::sys("capset (effective/permitted/inheritable)", Errno::last()));
+        return Err(ZoneError::sys(
+            "capset (effective/permitted/inheritable)",
+            Errno::last(),
+        ));
     }
     let amb = cap_mask(c.ambient().as_ref());
     for i in 0..64u32 {
@@ -200,7 +213,13 @@ pub fn set_caps(c: Option<&LinuxCapabilities>) -> Result<()> {
             // Like runc: an ambient capability that cannot be raised is skipped.
             // SAFETY: prctl with integer arguments.
             unsafe {
-                libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, i as libc::c_ulong, 0, 0)
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    i as libc::c_ulong,
+                    0,
+                    0,
+                )
             };
         }
     }
@@ -221,9 +240,16 @@ pub fn set_user(u: &User) -> Result<()> {
         .map(|s| s.trim() == "deny")
         .unwrap_or(false);
     if !deny {
-        nix::unistd::setgroups(&gids).ctx(|| format!("setgroups {:?}", u.additional_gids().clone().unwrap_or_default()))?;
+        nix::unistd::setgroups(&gids).ctx(|| {
+            format!(
+                "setgroups {:?}",
+                u.additional_gids().clone().unwrap_or_default()
+            )
+        })?;
     } else if !gids.is_empty() {
-        return Err(ZoneError::Msg("additionalGids: setgroups is denied in this user namespace".into()));
+        return Err(ZoneError::Msg(
+            "additionalGids: setgroups is denied in this user namespace".into(),
+        ));
     }
     let g = nix::unistd::Gid::from_raw(u.gid());
     nix::unistd::setresgid(g, g, g).ctx(|| format!("setresgid {}", u.gid()))?;
@@ -231,7 +257,9 @@ pub fn set_user(u: &User) -> Result<()> {
     nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("setresuid {}", u.uid()))?;
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(u.umask().unwrap_or(0o022)));
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        u.umask().unwrap_or(0o022),
+    ));
     Ok(())
 }
 
@@ -255,8 +283,13 @@ pub fn enter_cwd(cwd: &Path) -> Result<()> {
 pub fn check_cwd_reachable() -> Result<()> {
     match nix::unistd::getcwd() {
         Ok(p) if p.is_absolute() => Ok(()),
-        Ok(p) => Err(ZoneError::Msg(format!("current working directory {:?} is outside the zone", p))),
-        Err(Errno::ENOENT) => Err(ZoneError::Msg("current working directory is outside the zone (unreachable)".into())),
+        Ok(p) => Err(ZoneError::Msg(format!(
+            "current working directory {:?} is outside the zone",
+            p
+        ))),
+        Err(Errno::ENOENT) => Err(ZoneError::Msg(
+            "current working directory is outside the zone (unreachable)".into(),
+        )),
         Err(e) => Err(ZoneError::sys("getcwd", e)),
     }
 }
@@ -272,7 +305,9 @@ pub fn lookup_exec(arg0: &str, env: &[String]) -> Result<PathBuf> {
         return if is_exec(&p) {
             Ok(p)
         } else {
-            Err(ZoneError::Msg(format!("exec: {arg0:?}: no such executable file")))
+            Err(ZoneError::Msg(format!(
+                "exec: {arg0:?}: no such executable file"
+            )))
         };
     }
     let path = env
@@ -286,14 +321,19 @@ pub fn lookup_exec(arg0: &str, env: &[String]) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    Err(ZoneError::Msg(format!("exec: {arg0:?}: executable file not found in $PATH")))
+    Err(ZoneError::Msg(format!(
+        "exec: {arg0:?}: executable file not found in $PATH"
+    )))
 }
 
 /// Strings to C strings (config strings never contain NUL after JSON parsing,
 /// but a "\u0000" escape is possible: reject it precisely).
 pub fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>> {
     v.iter()
-        .map(|s| CString::new(s.as_bytes()).map_err(|_| ZoneError::Msg(format!("{what}: {s:?} contains a NUL byte"))))
+        .map(|s| {
+            CString::new(s.as_bytes())
+                .map_err(|_| ZoneError::Msg(format!("{what}: {s:?} contains a NUL byte")))
+        })
         .collect()
 }
 
@@ -334,11 +374,6 @@ pub fn ensure_home(env: &mut Vec<String>, uid: u32) {
     env.push(format!("HOME={home}"));
 }
 
-/// Raw fd number helper for logging.
-pub fn raw(fd: &impl AsRawFd) -> i32 {
-    fd.as_raw_fd()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,9 +381,13 @@ mod tests {
 
     #[test]
     fn cap_masks() {
-        let set: oci_spec::runtime::Capabilities = [Capability::Kill, Capability::NetBindService, Capability::AuditWrite]
-            .into_iter()
-            .collect();
+        let set: oci_spec::runtime::Capabilities = [
+            Capability::Kill,
+            Capability::NetBindService,
+            Capability::AuditWrite,
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(cap_mask(Some(&set)), (1 << 5) | (1 << 10) | (1 << 29));
         assert_eq!(cap_mask(None), 0);
     }
@@ -357,9 +396,14 @@ mod tests {
     fn exec_lookup() {
         let env = vec!["PATH=/nonexistent:/bin".to_string()];
         assert_eq!(lookup_exec("sh", &env).unwrap(), PathBuf::from("/bin/sh"));
-        assert_eq!(lookup_exec("/bin/sh", &env).unwrap(), PathBuf::from("/bin/sh"));
         assert_eq!(
-            lookup_exec("no-such-cmd-xyz", &env).unwrap_err().to_string(),
+            lookup_exec("/bin/sh", &env).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert_eq!(
+            lookup_exec("no-such-cmd-xyz", &env)
+                .unwrap_err()
+                .to_string(),
             "exec: \"no-such-cmd-xyz\": executable file not found in $PATH"
         );
     }
@@ -367,26 +411,41 @@ mod tests {
     #[test]
     fn rlimit_hard_raise_message() {
         // In a forked child so the test process keeps its limits.
-        let l: PosixRlimit =
-            serde_json::from_value(serde_json::json!({"type": "RLIMIT_NOFILE", "soft": 128, "hard": 128})).unwrap();
+        let l: PosixRlimit = serde_json::from_value(
+            serde_json::json!({"type": "RLIMIT_NOFILE", "soft": 128, "hard": 128}),
+        )
+        .unwrap();
         let (r, w) = nix::unistd::pipe().unwrap();
         // SAFETY: the child only calls setrlimit/write/_exit.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
-                let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let mut cur = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 // SAFETY: valid pointer.
                 unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) };
-                let low = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+                let low = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
                 // SAFETY: valid pointer.
                 unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) };
                 // Drop CAP_SYS_RESOURCE so raising the hard limit fails even as root.
                 // SAFETY: prctl with integer args.
                 unsafe { libc::prctl(libc::PR_CAPBSET_DROP, 24, 0, 0, 0) };
-                let mut hdr = CapHeader { version: 0x2008_0522, pid: 0 };
+                let mut hdr = CapHeader {
+                    version: 0x2008_0522,
+                    pid: 0,
+                };
                 let data = [CapData::default(); 2];
                 // SAFETY: v3 capset clearing every set.
-                unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
-                let msg = set_rlimits(&[l]).map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string());
+                unsafe {
+                    libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr())
+                };
+                let msg = set_rlimits(&[l])
+                    .map(|_| "ok".to_string())
+                    .unwrap_or_else(|e| e.to_string());
                 let _ = nix::unistd::write(&w, msg.as_bytes());
                 // SAFETY: leave the forked test child without running destructors.
                 unsafe { libc::_exit(0) };

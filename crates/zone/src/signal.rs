@@ -13,7 +13,11 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
         return Err(bad());
     }
     if let Ok(n) = t.parse::<i32>() {
-        return if (1..=libc::SIGRTMAX()).contains(&n) { Ok(n) } else { Err(bad()) };
+        return if (1..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
     }
     let up = t.to_ascii_uppercase();
     let name = up.strip_prefix("SIG").unwrap_or(&up);
@@ -38,7 +42,9 @@ fn rt(base: i32, rest: &str) -> Option<i32> {
     } else {
         return None;
     };
-    (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n).then_some(n)
+    (libc::SIGRTMIN()..=libc::SIGRTMAX())
+        .contains(&n)
+        .then_some(n)
 }
 
 #[cfg(test)]
@@ -62,6 +68,9 @@ mod tests {
         assert!(parse_signal("0").is_err());
         assert!(parse_signal("65").is_err());
         assert!(parse_signal("").is_err());
-        assert_eq!(parse_signal("SIGFOO").unwrap_err(), "unknown signal \"SIGFOO\"");
+        assert_eq!(
+            parse_signal("SIGFOO").unwrap_err(),
+            "unknown signal \"SIGFOO\""
+        );
     }
 }

@@ -99,7 +99,12 @@ pub fn validate(spec: &Spec, bundle_dir: &Path) -> Result<PathBuf> {
     };
     match std::fs::metadata(&rootfs) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return e(format!("root.path: {} is not a directory", rootfs.display())),
+        Ok(_) => {
+            return e(format!(
+                "root.path: {} is not a directory",
+                rootfs.display()
+            ))
+        }
         Err(err) => return e(format!("root.path: {}: {err}", rootfs.display())),
     }
     let process = match spec.process() {
@@ -117,8 +122,9 @@ pub fn validate(spec: &Spec, bundle_dir: &Path) -> Result<PathBuf> {
                 ));
             }
             if let Some(opts) = m.options() {
-                crate::mounts::MountOptions::parse(opts)
-                    .map_err(|m2| ZoneError::Spec(format!("config.json: mounts[{i}].options: {m2}")))?;
+                crate::mounts::MountOptions::parse(opts).map_err(|m2| {
+                    ZoneError::Spec(format!("config.json: mounts[{i}].options: {m2}"))
+                })?;
             }
         }
     }
@@ -140,13 +146,24 @@ pub fn validate(spec: &Spec, bundle_dir: &Path) -> Result<PathBuf> {
                 ));
             }
             if let Err(err) = std::fs::metadata(p) {
-                return e(format!("linux.namespaces[{i}].path: {}: {err}", p.display()));
+                return e(format!(
+                    "linux.namespaces[{i}].path: {}: {err}",
+                    p.display()
+                ));
             }
         }
     }
     let new_user = is_new_ns(spec, LinuxNamespaceType::User);
-    let uidm = linux.uid_mappings().as_ref().map(|v| !v.is_empty()).unwrap_or(false);
-    let gidm = linux.gid_mappings().as_ref().map(|v| !v.is_empty()).unwrap_or(false);
+    let uidm = linux
+        .uid_mappings()
+        .as_ref()
+        .map(|v| !v.is_empty())
+        .unwrap_or(false);
+    let gidm = linux
+        .gid_mappings()
+        .as_ref()
+        .map(|v| !v.is_empty())
+        .unwrap_or(false);
     if new_user && !uidm {
         return e("linux.uidMappings: required when a new user namespace is created".into());
     }
@@ -159,10 +176,14 @@ pub fn validate(spec: &Spec, bundle_dir: &Path) -> Result<PathBuf> {
     if !new_user && gidm {
         return e("linux.gidMappings: set, but no new user namespace is requested".into());
     }
-    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has_ns(spec, LinuxNamespaceType::Uts) {
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
+        && !has_ns(spec, LinuxNamespaceType::Uts)
+    {
         return e("hostname: cannot set the hostname without a private UTS namespace".into());
     }
-    if spec.domainname().as_deref().is_some_and(|h| !h.is_empty()) && !has_ns(spec, LinuxNamespaceType::Uts) {
+    if spec.domainname().as_deref().is_some_and(|h| !h.is_empty())
+        && !has_ns(spec, LinuxNamespaceType::Uts)
+    {
         return e("domainname: cannot set the domain name without a private UTS namespace".into());
     }
     if linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty())
@@ -183,9 +204,18 @@ pub fn validate(spec: &Spec, bundle_dir: &Path) -> Result<PathBuf> {
     if let Some(prop) = linux.rootfs_propagation() {
         if !matches!(
             prop.as_str(),
-            "" | "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable"
+            "" | "private"
+                | "rprivate"
+                | "slave"
+                | "rslave"
+                | "shared"
+                | "rshared"
+                | "unbindable"
+                | "runbindable"
         ) {
-            return e(format!("linux.rootfsPropagation: unknown propagation {prop:?}"));
+            return e(format!(
+                "linux.rootfsPropagation: unknown propagation {prop:?}"
+            ));
         }
     }
     if let Some(l) = linux.mount_label() {
@@ -204,9 +234,15 @@ pub fn validate_process(p: &oci_spec::runtime::Process) -> std::result::Result<(
         _ => return Err("process.args: must not be empty".into()),
     }
     if !p.cwd().is_absolute() {
-        return Err(format!("process.cwd: {:?} is not an absolute path", p.cwd()));
+        return Err(format!(
+            "process.cwd: {:?} is not an absolute path",
+            p.cwd()
+        ));
     }
-    if p.apparmor_profile().as_deref().is_some_and(|s| !s.is_empty()) {
+    if p.apparmor_profile()
+        .as_deref()
+        .is_some_and(|s| !s.is_empty())
+    {
         return Err("process.apparmorProfile: AppArmor is not supported by bulkhead-runc".into());
     }
     if p.selinux_label().as_deref().is_some_and(|s| !s.is_empty()) {
@@ -215,7 +251,9 @@ pub fn validate_process(p: &oci_spec::runtime::Process) -> std::result::Result<(
     if let Some(env) = p.env() {
         for (i, kv) in env.iter().enumerate() {
             if !kv.contains('=') {
-                return Err(format!("process.env[{i}]: {kv:?} is not of the form KEY=VALUE"));
+                return Err(format!(
+                    "process.env[{i}]: {kv:?} is not of the form KEY=VALUE"
+                ));
             }
         }
     }
@@ -275,7 +313,10 @@ mod tests {
         let mut v = base();
         v["root"]["path"] = serde_json::json!("/nonexistent-bulkhead-root");
         let err = check(&v).unwrap_err();
-        assert!(err.starts_with("config.json: root.path: /nonexistent-bulkhead-root: "), "{err}");
+        assert!(
+            err.starts_with("config.json: root.path: /nonexistent-bulkhead-root: "),
+            "{err}"
+        );
         v["root"]["path"] = serde_json::json!("/etc/hostname");
         assert_eq!(
             check(&v).unwrap_err(),
@@ -303,7 +344,10 @@ mod tests {
         );
         v["linux"]["namespaces"] = serde_json::json!([{"type": "bogus"}]);
         let err = check(&v).unwrap_err();
-        assert!(err.starts_with("config.json: linux.namespaces[0].type: unknown variant `bogus`"), "{err}");
+        assert!(
+            err.starts_with("config.json: linux.namespaces[0].type: unknown variant `bogus`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -327,7 +371,8 @@ mod tests {
             "config.json: linux.uidMappings: required when a new user namespace is created"
         );
         let mut v = base();
-        v["linux"]["uidMappings"] = serde_json::json!([{"hostID": 1000, "containerID": 0, "size": 1}]);
+        v["linux"]["uidMappings"] =
+            serde_json::json!([{"hostID": 1000, "containerID": 0, "size": 1}]);
         assert_eq!(
             check(&v).unwrap_err(),
             "config.json: linux.uidMappings: set, but no new user namespace is requested"
@@ -344,7 +389,10 @@ mod tests {
         );
         let mut v = base();
         v["process"]["args"] = serde_json::json!([]);
-        assert_eq!(check(&v).unwrap_err(), "config.json: process.args: must not be empty");
+        assert_eq!(
+            check(&v).unwrap_err(),
+            "config.json: process.args: must not be empty"
+        );
     }
 
     #[test]

@@ -178,7 +178,10 @@ impl State {
         if sd.fifo().exists() {
             return Status::Created;
         }
-        if Cgroup::from_state(&self.cgroup).is_frozen().unwrap_or(false) {
+        if Cgroup::from_state(&self.cgroup)
+            .is_frozen()
+            .unwrap_or(false)
+        {
             return Status::Paused;
         }
         Status::Running
@@ -190,7 +193,11 @@ impl State {
         StateView {
             oci_version: self.config.version().clone(),
             id: self.id.clone(),
-            pid: if status == Status::Stopped { 0 } else { self.pid },
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.pid
+            },
             status,
             bundle: self.bundle.clone(),
             rootfs: self.rootfs.clone(),
@@ -315,7 +322,9 @@ mod tests {
     fn atomic_write_and_state_round_trip() {
         let dir = std::env::temp_dir().join(format!("bh-state-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let sd = StateDir { dir: dir.join("c1") };
+        let sd = StateDir {
+            dir: dir.join("c1"),
+        };
         std::fs::create_dir_all(&sd.dir).unwrap();
         let cg = Cgroup::resolve(None, "c1").unwrap();
         let spec: oci_spec::runtime::Spec = crate::spec::parse(
@@ -355,7 +364,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
-        assert!(matches!(State::load(&dir, "nope"), Err(ZoneError::NotExist(_))));
+        assert!(matches!(
+            State::load(&dir, "nope"),
+            Err(ZoneError::NotExist(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -62,7 +62,13 @@ impl Channel {
             None => vec![],
         };
         loop {
-            match sendmsg::<UnixAddr>(self.fd.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+            match sendmsg::<UnixAddr>(
+                self.fd.as_raw_fd(),
+                &iov,
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(ZoneError::sys(format!("send {tag} to the other side"), e)),
@@ -76,7 +82,12 @@ impl Channel {
         let mut cbuf = nix::cmsg_space!([RawFd; 1]);
         loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            let r = recvmsg::<UnixAddr>(self.fd.as_raw_fd(), &mut iov, Some(&mut cbuf), MsgFlags::MSG_CMSG_CLOEXEC);
+            let r = recvmsg::<UnixAddr>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cbuf),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            );
             let msg = match r {
                 Ok(m) => m,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -114,8 +125,28 @@ impl Channel {
         match self.recv()? {
             Some(m) if m.tag == tag => Ok(m),
             Some(m) if m.tag == "ERR" => Err(ZoneError::Msg(m.payload)),
-            Some(m) => Err(ZoneError::Msg(format!("protocol error: expected {tag}, got {}", m.tag))),
-            None => Err(ZoneError::Msg(format!("protocol error: channel closed while waiting for {tag}"))),
+            Some(m) => Err(ZoneError::Msg(format!(
+                "protocol error: expected {tag}, got {}",
+                m.tag
+            ))),
+            None => Err(ZoneError::Msg(format!(
+                "protocol error: channel closed while waiting for {tag}"
+            ))),
+        }
+    }
+
+    /// Receive one of several tags; "ERR msg" becomes an error.
+    pub fn expect_one_of(&self, tags: &[&str]) -> Result<Message> {
+        match self.recv()? {
+            Some(m) if tags.contains(&m.tag.as_str()) => Ok(m),
+            Some(m) if m.tag == "ERR" => Err(ZoneError::Msg(m.payload)),
+            Some(m) => Err(ZoneError::Msg(format!(
+                "protocol error: expected one of {tags:?}, got {}",
+                m.tag
+            ))),
+            None => Err(ZoneError::Msg(format!(
+                "protocol error: channel closed while waiting for {tags:?}"
+            ))),
         }
     }
 
@@ -131,8 +162,14 @@ pub fn send_console(socket: &Path, master: RawFd, name: &str) -> Result<()> {
         .map_err(|e| ZoneError::io("connect to console socket", socket, e))?;
     let fds = [master];
     let iov = [IoSlice::new(name.as_bytes())];
-    sendmsg::<UnixAddr>(s.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .map_err(|e| ZoneError::sys(format!("send the console to {}", socket.display()), e))?;
+    sendmsg::<UnixAddr>(
+        s.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| ZoneError::sys(format!("send the console to {}", socket.display()), e))?;
     Ok(())
 }
 
@@ -152,7 +189,10 @@ mod tests {
         assert_eq!(m.tag, "PTY");
         assert!(m.fd.is_some());
         b.send("ERR", "mount failed: EPERM", None).unwrap();
-        assert_eq!(a.expect("READY").unwrap_err().to_string(), "mount failed: EPERM");
+        assert_eq!(
+            a.expect("READY").unwrap_err().to_string(),
+            "mount failed: EPERM"
+        );
         drop(b);
         assert!(a.recv().unwrap().is_none());
     }
@@ -165,7 +205,9 @@ mod tests {
         let f = std::fs::File::open("/proc/self/stat").unwrap();
         send_console(&path, f.as_raw_fd(), "/dev/pts/7").unwrap();
         let (conn, _) = l.accept().unwrap();
-        let ch = Channel { fd: OwnedFd::from(conn) };
+        let ch = Channel {
+            fd: OwnedFd::from(conn),
+        };
         let m = ch.recv().unwrap().unwrap();
         assert_eq!(m.tag, "/dev/pts/7");
         assert!(m.fd.is_some());

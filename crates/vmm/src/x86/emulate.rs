@@ -147,6 +147,10 @@ pub enum Fallback {
     /// `fwait` (9B): with no unmasked x87 exception pending (FSW.ES clear,
     /// checked by the caller) it does nothing; advance RIP by 1.
     Fwait,
+    /// `ldmxcsr`/`stmxcsr`/`fxsave`/`fxrstor` (0F AE /2 /3 /0 /1) with a
+    /// memory operand at linear address `addr` (64-bit mode only); the
+    /// caller moves the data between guest memory and the vCPU's FPU state.
+    FpuMem { op: FpuMemOp, addr: u64, len: u8 },
 }
 
 impl Fallback {
@@ -155,7 +159,7 @@ impl Fallback {
         match self {
             Fallback::Breakpoint | Fallback::Fwait => 1,
             Fallback::Clac | Fallback::Stac => 3,
-            Fallback::Popcnt { len, .. } => u64::from(len),
+            Fallback::Popcnt { len, .. } | Fallback::FpuMem { len, .. } => u64::from(len),
         }
     }
 
@@ -167,15 +171,207 @@ impl Fallback {
             Fallback::Stac => 2,
             Fallback::Popcnt { .. } => 3,
             Fallback::Fwait => 4,
+            Fallback::FpuMem { .. } => 5,
         }
     }
 }
 
 /// Names of the kinds, by `kind_index`.
-pub const FALLBACK_NAMES: [&str; FALLBACK_KINDS] = ["int3", "clac", "stac", "popcnt", "fwait"];
+pub const FALLBACK_NAMES: [&str; FALLBACK_KINDS] =
+    ["int3", "clac", "stac", "popcnt", "fwait", "fpu_mem"];
 
 /// Number of `Fallback` kinds.
-pub const FALLBACK_KINDS: usize = 5;
+pub const FALLBACK_KINDS: usize = 6;
+
+/// The memory-operand FPU/SSE state instructions handled in `FpuMem`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FpuMemOp {
+    Fxsave,
+    Fxrstor,
+    Ldmxcsr,
+    Stmxcsr,
+}
+
+impl FpuMemOp {
+    /// Bytes of guest memory the instruction touches.
+    pub fn size(self) -> usize {
+        match self {
+            FpuMemOp::Fxsave | FpuMemOp::Fxrstor => 512,
+            FpuMemOp::Ldmxcsr | FpuMemOp::Stmxcsr => 4,
+        }
+    }
+}
+
+/// What `decode_mem` needs from the vCPU: 64-bit mode registers and the
+/// FS/GS bases for segment overrides.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DecodeCtx {
+    pub regs: kvm_regs,
+    pub fs_base: u64,
+    pub gs_base: u64,
+}
+
+fn reg_val(regs: &kvm_regs, n: u8) -> u64 {
+    let mut r = *regs;
+    *reg_mut(&mut r, n)
+}
+
+/// Decodes `0F AE /0../3` with a memory operand in 64-bit mode and computes
+/// its linear address (ModRM, SIB, disp8/disp32, RIP-relative, FS/GS
+/// overrides). Address-size overrides and other forms return `None`.
+pub fn decode_mem(bytes: &[u8], ctx: &DecodeCtx) -> Option<Fallback> {
+    let mut i = 0;
+    let mut seg_base = 0u64;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            0x64 => seg_base = ctx.fs_base,
+            0x65 => seg_base = ctx.gs_base,
+            0x2e | 0x3e | 0x26 | 0x36 => {}
+            // Operand-size, rep and address-size prefixes change the meaning.
+            0x66 | 0xf2 | 0xf3 | 0x67 | 0xf0 => return None,
+            _ => break,
+        }
+        i += 1;
+    }
+    let mut rex = 0u8;
+    if let Some(&b) = bytes.get(i) {
+        if b & 0xf0 == 0x40 {
+            rex = b;
+            i += 1;
+        }
+    }
+    if bytes.get(i..i + 2)? != [0x0f, 0xae] {
+        return None;
+    }
+    i += 2;
+    let modrm = *bytes.get(i)?;
+    i += 1;
+    let md = modrm >> 6;
+    if md == 3 {
+        return None;
+    }
+    let op = match (modrm >> 3) & 7 {
+        0 => FpuMemOp::Fxsave,
+        1 => FpuMemOp::Fxrstor,
+        2 => FpuMemOp::Ldmxcsr,
+        3 => FpuMemOp::Stmxcsr,
+        _ => return None,
+    };
+    let rm = modrm & 7;
+    let mut ea: u64;
+    let mut rip_relative = false;
+    if rm == 4 {
+        let sib = *bytes.get(i)?;
+        i += 1;
+        let scale = sib >> 6;
+        let index = ((sib >> 3) & 7) | ((rex & 2) << 2);
+        let base = (sib & 7) | ((rex & 1) << 3);
+        ea = if index == 4 {
+            0
+        } else {
+            reg_val(&ctx.regs, index) << scale
+        };
+        if sib & 7 == 5 && md == 0 {
+            let d = i32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?);
+            i += 4;
+            ea = ea.wrapping_add(d as i64 as u64);
+        } else {
+            ea = ea.wrapping_add(reg_val(&ctx.regs, base));
+        }
+    } else if rm == 5 && md == 0 {
+        rip_relative = true;
+        let d = i32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?);
+        i += 4;
+        ea = d as i64 as u64;
+    } else {
+        ea = reg_val(&ctx.regs, rm | ((rex & 1) << 3));
+    }
+    match md {
+        1 => {
+            let d = *bytes.get(i)? as i8;
+            i += 1;
+            ea = ea.wrapping_add(d as i64 as u64);
+        }
+        2 => {
+            let d = i32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?);
+            i += 4;
+            ea = ea.wrapping_add(d as i64 as u64);
+        }
+        _ => {}
+    }
+    if rip_relative {
+        ea = ea.wrapping_add(ctx.regs.rip).wrapping_add(i as u64);
+    }
+    Some(Fallback::FpuMem {
+        op,
+        addr: ea.wrapping_add(seg_base),
+        len: i as u8,
+    })
+}
+
+/// Writes `data` at linear address `va` through the guest page tables.
+/// Returns false if any byte is unmapped or outside memory (nothing is
+/// written in that case).
+pub fn write_virt(mem: &GuestMemoryMmap, ps: &PagingState, va: u64, data: &[u8]) -> bool {
+    let mut chunks = Vec::new();
+    let mut done = 0;
+    while done < data.len() {
+        let cur = va.wrapping_add(done as u64);
+        let Ok(gpa) = translate(mem, ps, cur) else {
+            return false;
+        };
+        let n = ((0x1000 - (cur & 0xfff)) as usize).min(data.len() - done);
+        chunks.push((gpa, done, n));
+        done += n;
+    }
+    chunks.iter().all(|&(gpa, off, n)| {
+        mem.write_slice(&data[off..off + n], GuestAddress(gpa))
+            .is_ok()
+    })
+}
+
+/// The 512-byte FXSAVE image of an FPU state (64-bit layout when `rex_w`).
+pub fn fxsave_image(f: &kvm_bindings::kvm_fpu) -> [u8; 512] {
+    let mut b = [0u8; 512];
+    b[0..2].copy_from_slice(&f.fcw.to_le_bytes());
+    b[2..4].copy_from_slice(&f.fsw.to_le_bytes());
+    b[4] = f.ftwx;
+    b[6..8].copy_from_slice(&f.last_opcode.to_le_bytes());
+    b[8..16].copy_from_slice(&f.last_ip.to_le_bytes());
+    b[16..24].copy_from_slice(&f.last_dp.to_le_bytes());
+    b[24..28].copy_from_slice(&f.mxcsr.to_le_bytes());
+    b[28..32].copy_from_slice(&0xffffu32.to_le_bytes()); // MXCSR_MASK
+    for (i, r) in f.fpr.iter().enumerate() {
+        b[32 + i * 16..48 + i * 16].copy_from_slice(r);
+    }
+    for (i, r) in f.xmm.iter().enumerate() {
+        b[160 + i * 16..176 + i * 16].copy_from_slice(r);
+    }
+    b
+}
+
+/// FPU state from a 512-byte FXSAVE image.
+pub fn fxrstor_image(b: &[u8; 512], f: &mut kvm_bindings::kvm_fpu) {
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |o: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(x)
+    };
+    f.fcw = u16_at(0);
+    f.fsw = u16_at(2);
+    f.ftwx = b[4];
+    f.last_opcode = u16_at(6);
+    f.last_ip = u64_at(8);
+    f.last_dp = u64_at(16);
+    f.mxcsr = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
+    for (i, r) in f.fpr.iter_mut().enumerate() {
+        r.copy_from_slice(&b[32 + i * 16..48 + i * 16]);
+    }
+    for (i, r) in f.xmm.iter_mut().enumerate() {
+        r.copy_from_slice(&b[160 + i * 16..176 + i * 16]);
+    }
+}
 
 fn decode_popcnt(bytes: &[u8]) -> Option<Fallback> {
     let mut i = 0;
@@ -257,7 +453,7 @@ pub fn apply(f: Fallback, regs: &mut kvm_regs) {
     match f {
         Fallback::Clac => regs.rflags &= !RFLAGS_AC,
         Fallback::Stac => regs.rflags |= RFLAGS_AC,
-        Fallback::Breakpoint | Fallback::Fwait => {}
+        Fallback::Breakpoint | Fallback::Fwait | Fallback::FpuMem { .. } => {}
         Fallback::Popcnt { dst, src, size, .. } => {
             let mask = match size {
                 2 => 0xffff,
@@ -400,6 +596,111 @@ mod tests {
         assert_eq!(decode(&[0xf3, 0x48, 0x0f, 0xb8, 0x07]), None);
         assert_eq!(decode(&[0x48, 0x0f, 0xb8, 0xc7]), None);
         assert_eq!(decode(&[0xf3, 0x48, 0x0f]), None);
+    }
+
+    #[test]
+    fn fpu_memory_forms() {
+        let ctx = DecodeCtx {
+            regs: kvm_regs {
+                rsp: 0xffff_c900_0001_3e00,
+                rip: 0xffff_ffff_8100_0000,
+                rax: 0x1000,
+                rbx: 0x20,
+                r12: 0x5000,
+                ..Default::default()
+            },
+            fs_base: 0,
+            gs_base: 0xffff_8880_1f00_0000,
+        };
+        // ldmxcsr [rsp+4] (what kernel_fpu_begin runs).
+        let f = decode_mem(&[0x0f, 0xae, 0x54, 0x24, 0x04, 0x83], &ctx).unwrap();
+        assert_eq!(
+            f,
+            Fallback::FpuMem {
+                op: FpuMemOp::Ldmxcsr,
+                addr: 0xffff_c900_0001_3e04,
+                len: 5
+            }
+        );
+        // fxsave64 [r12] (REX.WB).
+        let f = decode_mem(&[0x49, 0x0f, 0xae, 0x04, 0x24], &ctx).unwrap();
+        assert_eq!(
+            f,
+            Fallback::FpuMem {
+                op: FpuMemOp::Fxsave,
+                addr: 0x5000,
+                len: 5
+            }
+        );
+        // fxrstor64 [rax+rbx*4+0x100] (disp32).
+        let f = decode_mem(
+            &[0x48, 0x0f, 0xae, 0x8c, 0x98, 0x00, 0x01, 0x00, 0x00],
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            Fallback::FpuMem {
+                op: FpuMemOp::Fxrstor,
+                addr: 0x1180,
+                len: 9
+            }
+        );
+        // stmxcsr gs:[rip+0x10] (RIP-relative, relative to the next instruction).
+        let f = decode_mem(&[0x65, 0x0f, 0xae, 0x1d, 0x10, 0, 0, 0], &ctx).unwrap();
+        assert_eq!(
+            f,
+            Fallback::FpuMem {
+                op: FpuMemOp::Stmxcsr,
+                addr: 0xffff_ffff_8100_0018u64.wrapping_add(0xffff_8880_1f00_0000),
+                len: 8
+            }
+        );
+        // Register forms, other /r values and address-size overrides are not ours.
+        assert_eq!(decode_mem(&[0x0f, 0xae, 0xe8], &ctx), None); // lfence
+        assert_eq!(decode_mem(&[0x0f, 0xae, 0x38], &ctx), None); // clflush
+        assert_eq!(decode_mem(&[0x67, 0x0f, 0xae, 0x10], &ctx), None);
+        assert_eq!(decode_mem(&[0x0f, 0xae], &ctx), None);
+    }
+
+    #[test]
+    fn fxsave_image_round_trip_and_virtual_writes() {
+        let mut f = kvm_bindings::kvm_fpu {
+            fcw: 0x37f,
+            fsw: 0x1234,
+            ftwx: 0x81,
+            mxcsr: 0x1fa0,
+            last_ip: 0xdead_beef,
+            ..Default::default()
+        };
+        f.xmm[15] = [7; 16];
+        f.fpr[0][9] = 0x40;
+        let img = fxsave_image(&f);
+        assert_eq!(&img[24..28], &0x1fa0u32.to_le_bytes());
+        let mut back = kvm_bindings::kvm_fpu::default();
+        fxrstor_image(&img, &mut back);
+        assert_eq!(fxsave_image(&back), img);
+
+        // A 512-byte write that crosses into an unmapped page writes nothing.
+        let m = mem();
+        let pml4 = 0x10_0000u64;
+        let w = |a: u64, v: u64| m.write_obj(v, GuestAddress(a)).unwrap();
+        w(pml4, 0x10_1000 | 3);
+        w(0x10_1000, 0x10_2000 | 3);
+        w(0x10_2000, 0x10_3000 | 3);
+        w(0x10_3000, 0x20_0000 | 3); // page 0 -> 0x200000; page 1 unmapped
+        let ps = PagingState {
+            cr0: CR0_PG | 1,
+            cr3: pml4,
+            cr4: CR4_PAE,
+            efer: EFER_LMA,
+        };
+        assert!(!write_virt(&m, &ps, 0xf00, &img));
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x20_0f00)).unwrap(), 0);
+        assert!(write_virt(&m, &ps, 0x800, &img));
+        let mut rd = [0u8; 512];
+        assert_eq!(fetch(&m, &ps, 0x800, &mut rd), 512);
+        assert_eq!(rd, img);
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct MmioTransport {
     worker: Option<WorkerHandle>,
     /// Device-specific state to hand to the next activation (restore).
     restored_device: Value,
+    /// Paused by the monitor: a worker started meanwhile starts paused.
+    paused: bool,
 }
 
 impl MmioTransport {
@@ -131,6 +133,7 @@ impl MmioTransport {
             config_generation: 0,
             worker: None,
             restored_device: Value::Null,
+            paused: false,
         })
     }
 
@@ -174,12 +177,14 @@ impl MmioTransport {
 
     /// Stop queue processing; returns when the worker is idle.
     pub fn pause(&mut self) {
+        self.paused = true;
         if let Some(w) = &self.worker {
             w.pause();
         }
     }
 
     pub fn resume(&mut self) {
+        self.paused = false;
         if let Some(w) = &self.worker {
             w.resume();
         }
@@ -274,6 +279,10 @@ impl MmioTransport {
             restored: std::mem::take(&mut self.restored_device),
         };
         let worker = self.device.activate(act).map_err(|e| e.to_string())?;
+        if self.paused {
+            // DRIVER_OK raced with a pause of the VM: keep the new worker idle.
+            worker.pause();
+        }
         self.worker = Some(worker);
         Ok(())
     }

@@ -424,7 +424,7 @@ fn snapshot_of<B: Backend>(backend: &B, ctx: &Ctx) -> Value {
 }
 
 /// Handle control commands; returns false when the worker must exit.
-fn control<B: Backend>(backend: &B, ctx: &Ctx, rx: &mpsc::Receiver<Cmd>) -> bool {
+fn control<B: Backend>(backend: &B, ctx: &mut Ctx, rx: &mpsc::Receiver<Cmd>) -> bool {
     let mut paused = false;
     loop {
         let cmd = if paused {
@@ -441,6 +441,8 @@ fn control<B: Backend>(backend: &B, ctx: &Ctx, rx: &mpsc::Receiver<Cmd>) -> bool
         };
         match cmd {
             Cmd::Pause(ack) => {
+                // Idle means: all completed work has been signalled.
+                ctx.flush_interrupts();
                 paused = true;
                 let _ = ack.send(());
             }
@@ -465,7 +467,7 @@ fn run<B: Backend>(mut backend: B, mut ctx: Ctx, ctl: EventFd, rx: mpsc::Receive
             let token = ev.data();
             if token == CONTROL_TOKEN {
                 let _ = ctl.read();
-                if !control(&backend, &ctx, &rx) {
+                if !control(&backend, &mut ctx, &rx) {
                     return;
                 }
             } else if token < BACKEND_TOKEN_BASE {
