@@ -57,7 +57,9 @@ fn run_it_with_a_terminal() {
     let text = system_tests::read_until(&pty.master, |t| {
         t.lines().filter(|l| l.contains("/dev/pts/")).count() >= 1 && t.contains("\nhi")
     });
-    let status = child.wait().expect("wait podman");
+    let status = system_tests::wait_for("podman -it to exit", || {
+        child.try_wait().expect("try_wait podman")
+    });
     assert!(
         text.lines().any(|l| l.trim() == "hi"),
         "no hi from the terminal: {text:?}"

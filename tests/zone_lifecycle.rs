@@ -147,19 +147,32 @@ fn kill_delivers_signals() {
         fs::read_to_string(z.bundle.rootfs().join("tmp/term")).expect("trap marker"),
         "term\n"
     );
-    // --all reaches every process of the zone.
+    // --all reaches every process of the zone: init ignores TERM, its two children (forked
+    // before the trap, so with the default action) die of it, and init carries on.
     let mut b = Bundle::new();
-    b.sh("trap '' TERM; sleep 1000 & sleep 1000 & : > /tmp/ready; wait");
+    b.sh(
+        "sleep 1000 & sleep 1000 & trap '' TERM; : > /tmp/ready; wait; \
+          : > /tmp/after; exec sleep 1000",
+    );
     let z = Zone::new(b);
     z.spawn(Some("/tmp/ready"));
     assert_eq!(z.cgroup_file("pids", "pids.current").as_deref(), Some("3"));
+    z.rt(&["kill", "--all", &z.id, "TERM"]).ok();
+    let after = z.bundle.rootfs().join("tmp/after");
+    system_tests::wait_for("the zone's children to die of SIGTERM", || {
+        after.exists().then_some(())
+    });
+    assert_eq!(
+        z.state()["status"],
+        "running",
+        "init did not survive kill --all TERM"
+    );
+    system_tests::wait_for("only init left in the zone cgroup", || {
+        (z.cgroup_file("pids", "cgroup.procs").as_deref() == Some(z.pid().to_string().as_str()))
+            .then_some(())
+    });
     z.rt(&["kill", "--all", &z.id, "KILL"]).ok();
     assert_eq!(z.wait(), 137);
-    system_tests::wait_for("zone cgroup to empty", || {
-        z.cgroup_file("pids", "cgroup.procs")
-            .filter(|p| p.is_empty())
-            .map(|_| ())
-    });
 }
 
 #[test]
@@ -239,13 +252,35 @@ fn hooks_run_with_state_on_stdin() {
 #[test]
 fn failing_prestart_hook_fails_create_and_leaves_nothing() {
     require_root!();
+    let hooks = tempfile::tempdir().expect("tempdir");
+    let ran = hooks.path().join("ran.json");
     let mut b = Bundle::new();
-    b.hook("prestart", json!({"path": "/bin/false", "args": ["false"]}));
+    b.hook(
+        "prestart",
+        json!({"path": "/bin/sh",
+               "args": ["sh", "-c", format!("cat > {}; exit 3", ran.display())]}),
+    );
     let z = Zone::new(b);
     let o = z.create_with(&[]);
     assert_ne!(o.code, 0, "create succeeded despite a failing hook: {o:#?}");
+    // The hook really ran (with the state on stdin) and failed; then everything was undone.
+    let s: Value = serde_json::from_str(&fs::read_to_string(&ran).expect("hook ran"))
+        .expect("hook got JSON state");
+    assert_eq!(s["id"], z.id.as_str(), "{s}");
+    let pid = s["pid"].as_i64().expect("state pid in hook input");
     z.assert_nothing_left();
     assert_ne!(z.rt(&["state", &z.id]).code, 0);
+    // The half-created init is gone (or at least no longer in the zone's pid namespace).
+    let alive = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|st| {
+            st.lines()
+                .any(|l| l.starts_with("NSpid:") && l.split_whitespace().count() > 2)
+        })
+        .unwrap_or(false);
+    assert!(
+        !alive,
+        "zone init {pid} left running after the failed create"
+    );
 }
 
 #[test]
@@ -273,9 +308,24 @@ fn console_socket_receives_the_pty_master() {
             .arg(&id);
         std::thread::spawn(move || system_tests::run_cmd(&mut c))
     };
-    let (conn, _) = listener
-        .accept()
-        .expect("runtime connects to the console socket");
+    // Accept with a hang guard: a runtime that never connects must fail the test, not hang it.
+    listener.set_nonblocking(true).expect("nonblocking");
+    let conn =
+        system_tests::wait_for(
+            "the runtime to connect to the console socket",
+            || match listener.accept() {
+                Ok((c, _)) => Some(c),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        !creator.is_finished(),
+                        "create exited without connecting to the console socket"
+                    );
+                    None
+                }
+                Err(e) => panic!("accept: {e}"),
+            },
+        );
+    conn.set_nonblocking(false).expect("blocking");
     let mut buf = [0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
@@ -354,4 +404,18 @@ fn features_is_json() {
         );
     }
     assert!(v["hooks"].as_array().is_some_and(|h| !h.is_empty()), "{v}");
+}
+
+#[test]
+fn run_propagates_exit_code_and_cleans_up() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.sh("echo to-stdout; echo to-stderr >&2; exit 42");
+    let z = Zone::new(b);
+    let o = z.run();
+    assert_eq!(o.code, 42, "{o:#?}");
+    assert_eq!(o.out(), "to-stdout");
+    assert!(o.stderr.contains("to-stderr"), "{o:#?}");
+    // Foreground `run` deletes the zone when it exits.
+    z.assert_nothing_left();
 }

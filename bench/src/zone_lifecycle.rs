@@ -246,8 +246,18 @@ fn min_memory(
     Ok((hi, below))
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever RUST_BACKTRACE says.
+            eprintln!("zone-lifecycle: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
     if !system_tests::is_root() {
         bail!("zone-lifecycle needs root (it creates namespaces and cgroups)");
     }

@@ -485,16 +485,13 @@ impl Bundle {
     }
     /// Append a hook of `kind` (`prestart`, `createRuntime`, `poststart`, `poststop`, …).
     pub fn hook(&mut self, kind: &str, hook: Value) -> &mut Self {
-        let hooks = self.config["hooks"].as_object_mut().map(|_| ());
-        if hooks.is_none() {
+        if !self.config["hooks"].is_object() {
             self.config["hooks"] = json!({});
         }
-        let entry = self.config["hooks"]
-            .as_object_mut()
-            .expect("hooks object")
-            .entry(kind.to_string())
-            .or_insert_with(|| json!([]));
-        if let Some(a) = entry.as_array_mut() {
+        if !self.config["hooks"][kind].is_array() {
+            self.config["hooks"][kind] = json!([]);
+        }
+        if let Some(a) = self.config["hooks"][kind].as_array_mut() {
             a.push(hook);
         }
         self
@@ -534,31 +531,23 @@ pub fn hierarchies() -> Vec<Hierarchy> {
             continue;
         }
         let (root, mnt, fstype) = (l[3], l[4], r[0]);
-        let (controllers, key): (Vec<String>, Option<String>) = match fstype {
-            "cgroup2" => (Vec::new(), None),
-            "cgroup" => {
-                let ctrls: Vec<String> = r[2]
-                    .split(',')
-                    .filter(|o| {
-                        !matches!(*o, "rw" | "ro") && !o.contains('=') || o.starts_with("name=")
-                    })
-                    .map(str::to_string)
-                    .collect();
-                let mut sorted = ctrls.clone();
-                sorted.sort();
-                (ctrls, Some(sorted.join(",")))
-            }
-            _ => continue,
-        };
+        // A v1 hierarchy's controllers are those of the /proc/self/cgroup line whose
+        // controller list is wholly contained in the mount's super options (which may also
+        // carry flags such as `xattr` or `clone_children`).
+        let opts: Vec<&str> = r[2].split(',').collect();
+        let mut controllers = Vec::new();
         let own = cgroups.lines().find_map(|cl| {
             let mut it = cl.splitn(3, ':');
             let (_id, ctrl, path) = (it.next()?, it.next()?, it.next()?);
-            let mut c: Vec<&str> = ctrl.split(',').filter(|s| !s.is_empty()).collect();
-            c.sort();
-            let matches = match &key {
-                None => ctrl.is_empty(),
-                Some(k) => c.join(",") == *k,
+            let c: Vec<&str> = ctrl.split(',').filter(|s| !s.is_empty()).collect();
+            let matches = match fstype {
+                "cgroup2" => c.is_empty(),
+                "cgroup" => !c.is_empty() && c.iter().all(|x| opts.contains(x)),
+                _ => false,
             };
+            if matches {
+                controllers = c.iter().map(|x| x.to_string()).collect();
+            }
             matches.then(|| path.to_string())
         });
         let Some(own) = own else { continue };
@@ -901,8 +890,7 @@ pub fn read_until(fd: &std::os::fd::OwnedFd, mut done: impl FnMut(&str) -> bool)
     use std::os::fd::AsFd;
     let deadline = Instant::now() + HANG_GUARD;
     let mut text = String::new();
-    let file = fs::File::from(fd.try_clone().expect("dup"));
-    let mut file = file;
+    let mut file = fs::File::from(fd.try_clone().expect("dup"));
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline && !done(&text) {
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];

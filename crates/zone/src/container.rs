@@ -505,14 +505,11 @@ fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
         .ctx(|| "setresuid 0 in the user namespace")?;
     }
     let mut flags = CloneFlags::empty();
-    for n in nss
-        .iter()
-        .filter(|n| {
-            n.path().is_none()
-                && n.typ() != LinuxNamespaceType::User
-                && n.typ() != LinuxNamespaceType::Cgroup
-        })
-    {
+    for n in nss.iter().filter(|n| {
+        n.path().is_none()
+            && n.typ() != LinuxNamespaceType::User
+            && n.typ() != LinuxNamespaceType::Cgroup
+    }) {
         flags |= ns_flag(n.typ());
     }
     nix::sched::unshare(flags).ctx(|| format!("unshare namespaces ({:#x})", flags.bits()))?;

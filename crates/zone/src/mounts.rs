@@ -632,16 +632,25 @@ fn mount_cgroup(
         // cgroup namespace here, so a fresh cgroup2 mount would show the
         // host's whole tree.
         let host = &cfg.cgroup_sources[0].0;
-        mnt(Some(host.as_path()), &fd_path(&fd), None, MsFlags::MS_BIND, None, &|| {
-            format!("bind cgroup {}", host.display())
-        })?;
+        mnt(
+            Some(host.as_path()),
+            &fd_path(&fd),
+            None,
+            MsFlags::MS_BIND,
+            None,
+            &|| format!("bind cgroup {}", host.display()),
+        )?;
         let fd = resolve_in_root(root, dest, Create::Nothing)?;
         let p = fd_path(&fd);
         let fl = MsFlags::MS_BIND
             | MsFlags::MS_REMOUNT
             | flags
             | locked_flags(&p)
-            | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+            | if ro {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
         return mnt(None, &p, None, fl, None, &|| "remount cgroup2".into());
     }
     if cfg.cgroup_sources.is_empty() {
