@@ -254,3 +254,32 @@ fn preserve_fds_passes_exactly_the_requested_fds() {
         .to_string();
     assert_eq!(fds, "0 1 2 3 4", "{o:#?}");
 }
+
+/// CVE-2019-5736: while the zone's init is still the runtime (created, not yet started),
+/// the executable a zone process could reach through /proc/<pid>/exe must not be the
+/// runtime's binary on disk, and writing through it must fail.
+#[test]
+fn runtime_binary_cannot_be_overwritten_through_proc_exe() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.args(&["true"]);
+    let z = Zone::new(b);
+    z.create();
+    let pid = z.pid();
+    let on_disk = fs::canonicalize(z.runtime_path()).expect("runtime path");
+    let before = fs::read(&on_disk).expect("read runtime binary");
+    let exe = format!("/proc/{pid}/exe");
+    let target = fs::read_link(&exe).expect("readlink exe");
+    assert_ne!(target, on_disk, "zone init runs the on-disk runtime binary");
+    let write = fs::OpenOptions::new()
+        .write(true)
+        .open(&exe)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\x7fEVIL"));
+    assert!(
+        write.is_err(),
+        "writing through {exe} ({target:?}) succeeded"
+    );
+    z.start();
+    assert_eq!(z.wait(), 0);
+    assert_eq!(fs::read(&on_disk).expect("re-read runtime binary"), before);
+}

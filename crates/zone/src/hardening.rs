@@ -1,6 +1,7 @@
 //! Small hardening steps against known runtime escapes:
-//! CVE-2019-5736 (re-exec from a sealed memfd copy of our own binary so a zone
-//! cannot overwrite it through /proc/<pid>/exe) and CVE-2024-21626 (no host
+//! CVE-2019-5736 (re-exec from a copy of our own binary that cannot be written
+//! — a detached read-only overlayfs view of it, or else a sealed memfd copy — so
+//! a zone cannot overwrite it through /proc/<pid>/exe) and CVE-2024-21626 (no host
 //! descriptors leak into the zone: every fd ≥ 3 is made close-on-exec except
 //! the preserved ones).
 
@@ -20,14 +21,6 @@ pub fn is_sealed(fd: &impl AsRawFd) -> bool {
     // SAFETY: F_GET_SEALS only reads the seal set of a valid descriptor.
     let s = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
     s >= 0 && (s & SEALS) == SEALS
-}
-
-/// Whether the running binary is a sealed memfd copy.
-pub fn self_exe_sealed() -> bool {
-    match std::fs::File::open("/proc/self/exe") {
-        Ok(f) => is_sealed(&f),
-        Err(_) => false,
-    }
 }
 
 /// Copy `src` into a new sealed memfd.
@@ -124,21 +117,196 @@ pub fn elf_load_end(f: &std::fs::File) -> Option<u64> {
     Some(end)
 }
 
-/// Re-execute the current program from a sealed memfd unless that already
-/// happened (marker in the environment or the binary is sealed). Returns only
-/// when no re-exec is needed; on success it does not return.
+/// Empty directory used as the second (lower) layer of the read-only overlay
+/// through which the runtime re-executes itself.
+pub const EXE_OVERLAY_EMPTY_LAYER: &str = "/run/bulkhead-runc.exe-layer";
+
+/// Whether the descriptor is a file on a read-only overlayfs mount (our
+/// re-exec through [`readonly_overlay_exe`]).
+pub fn is_readonly_overlay(fd: &impl AsRawFd) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: libc::c_long = 0x794c_7630;
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs fills the struct for a valid descriptor; checked below.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), fs.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so the struct is initialised.
+    let fs = unsafe { fs.assume_init() };
+    if fs.f_type as libc::c_long != OVERLAYFS_SUPER_MAGIC {
+        return false;
+    }
+    let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: fstatvfs fills the struct for a valid descriptor; checked below.
+    if unsafe { libc::fstatvfs(fd.as_raw_fd(), vfs.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatvfs returned 0, so the struct is initialised.
+    let vfs = unsafe { vfs.assume_init() };
+    vfs.f_flag & libc::ST_RDONLY != 0
+}
+
+/// Whether the running binary can no longer be written through
+/// /proc/self/exe: a sealed memfd or a read-only overlayfs view.
+pub fn self_exe_protected() -> bool {
+    match std::fs::File::open("/proc/self/exe") {
+        Ok(f) => is_sealed(&f) || is_readonly_overlay(&f),
+        Err(_) => false,
+    }
+}
+
+/// Open `exe` through a new, detached (never attached to any path), read-only
+/// overlayfs mount whose only layer is the binary's own directory. A file on it
+/// cannot be opened for writing (EROFS) and overlayfs without an upper layer
+/// never copies up, so the real binary is out of reach; it costs a mount
+/// instead of copying several MiB, which is why it is tried before the memfd.
+/// Needs the mount API (Linux ≥ 5.2) and overlayfs; the caller falls back.
+pub fn readonly_overlay_exe(exe: &std::path::Path) -> Result<OwnedFd> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+    const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+    const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+    let fail = |what: &'static str| ZoneError::io(what, exe, std::io::Error::last_os_error());
+    let (dir, name) = match (exe.parent(), exe.file_name()) {
+        (Some(d), Some(n)) => (d, n),
+        _ => {
+            return Err(ZoneError::io(
+                "locate binary",
+                exe,
+                std::io::ErrorKind::NotFound.into(),
+            ))
+        }
+    };
+    // overlayfs refuses a single lower layer without an upper one, and two
+    // layers that overlap; the second layer is an empty directory of ours.
+    // The binary's directory is on top so nothing in the empty one masks it.
+    let empty = std::path::Path::new(EXE_OVERLAY_EMPTY_LAYER);
+    std::fs::create_dir_all(empty).map_err(|e| ZoneError::io("mkdir", empty, e))?;
+    let escape = |p: &std::path::Path| {
+        let mut out = Vec::new();
+        for &b in std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()) {
+            if b == b':' || b == b'\\' || b == b',' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out
+    };
+    let mut lower = escape(dir);
+    lower.push(b':');
+    lower.extend_from_slice(&escape(empty));
+    let lower = CString::new(lower).map_err(|_| {
+        ZoneError::io(
+            "locate binary",
+            exe,
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    // SAFETY: fsopen with a static NUL-terminated file system name.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
+    if fs < 0 {
+        return Err(fail("fsopen overlay"));
+    }
+    // SAFETY: `fs` is a fresh descriptor owned from here on.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
+    // SAFETY: key and value are valid NUL-terminated strings for this call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            c"lowerdir".as_ptr(),
+            lower.as_ptr(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(fail("fsconfig overlay lowerdir"));
+    }
+    // xino is irrelevant here and only logs noise when the layers are on
+    // different file systems; failure to turn it off is harmless.
+    // SAFETY: key and value are valid NUL-terminated strings for this call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            c"xino".as_ptr(),
+            c"off".as_ptr(),
+            0,
+        )
+    };
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(fail("create overlay"));
+    }
+    // SAFETY: fsmount on the configured context; the result is checked and owned.
+    let mnt = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        )
+    };
+    if mnt < 0 {
+        return Err(fail("fsmount overlay"));
+    }
+    // SAFETY: `mnt` is a fresh descriptor owned from here on.
+    let mnt = unsafe { OwnedFd::from_raw_fd(mnt as i32) };
+    let file = nix::fcntl::openat(
+        &mnt,
+        name,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| ZoneError::io("open binary on overlay", exe, std::io::Error::from(e)))?;
+    if !is_readonly_overlay(&file) {
+        return Err(ZoneError::io(
+            "verify overlay",
+            exe,
+            std::io::ErrorKind::Other.into(),
+        ));
+    }
+    Ok(file)
+}
+
+/// Re-execute the current program from a copy that cannot be written unless
+/// that already happened (marker in the environment or the binary is
+/// protected). Returns only when no re-exec is needed; on success it does not
+/// return.
 pub fn ensure_sealed_exe() -> Result<()> {
     if std::env::var_os(SEALED_ENV).is_some() {
         std::env::remove_var(SEALED_ENV);
+        if self_exe_protected() {
+            return Ok(());
+        }
+    }
+    if self_exe_protected() {
         return Ok(());
     }
-    if self_exe_sealed() {
-        return Ok(());
-    }
-    let exe = std::fs::File::open("/proc/self/exe")
-        .map_err(|e| ZoneError::io("open", std::path::Path::new("/proc/self/exe"), e))?;
-    let mem = sealed_copy(&exe)?;
-    drop(exe);
+    let path = std::fs::read_link("/proc/self/exe")
+        .map_err(|e| ZoneError::io("readlink", std::path::Path::new("/proc/self/exe"), e))?;
+    let image = match readonly_overlay_exe(&path) {
+        Ok(fd) => fd,
+        Err(_) => {
+            let exe = std::fs::File::open("/proc/self/exe")
+                .map_err(|e| ZoneError::io("open", std::path::Path::new("/proc/self/exe"), e))?;
+            sealed_copy(&exe)?
+        }
+    };
     let args: Vec<CString> = std::env::args_os()
         .map(|a| {
             CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).unwrap_or_default()
@@ -154,9 +322,15 @@ pub fn ensure_sealed_exe() -> Result<()> {
         .collect();
     env.push(CString::new(format!("{SEALED_ENV}=1")).unwrap_or_default());
     let empty: &CStr = c"";
-    let err = nix::unistd::execveat(&mem, empty, &args, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH);
+    let err = nix::unistd::execveat(
+        &image,
+        empty,
+        &args,
+        &env,
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    );
     Err(ZoneError::sys(
-        "re-exec from sealed memfd",
+        "re-exec from a write-protected copy of the binary",
         err.unwrap_err(),
     ))
 }
@@ -210,8 +384,34 @@ mod tests {
         // Writes are refused by the seals.
         assert!(m.write_all(b"x").is_err());
         std::fs::remove_file(&path).unwrap();
-        // The test binary itself is not sealed.
-        assert!(!self_exe_sealed());
+        // The test binary itself is not protected.
+        assert!(!self_exe_protected());
+    }
+
+    #[test]
+    fn readonly_overlay_view_cannot_be_written() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let view = match readonly_overlay_exe(&exe) {
+            Ok(v) => v,
+            Err(e) => {
+                println!("SKIPPED: no overlayfs mount API here ({e}); the memfd fallback is tested above");
+                return;
+            }
+        };
+        assert!(is_readonly_overlay(&view));
+        // Same bytes as the real binary.
+        let mut a = Vec::new();
+        std::fs::File::from(view.try_clone().unwrap())
+            .read_to_end(&mut a)
+            .unwrap();
+        assert_eq!(a, std::fs::read(&exe).unwrap());
+        // Reopening the view for writing through /proc/self/fd is refused.
+        let p = format!("/proc/self/fd/{}", view.as_raw_fd());
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     }
 
     #[test]
