@@ -261,12 +261,32 @@ fn main() {
     match run(cli, &logger) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = one_line_error(&e);
             logger.log("error", &msg);
             eprintln!("bulkhead-runc: {msg}");
             std::process::exit(1);
         }
     }
+}
+
+/// The error and its causes on one line, outermost first. Library errors
+/// already quote their OS error in their own message, so a cause whose text
+/// the line already holds is not repeated.
+fn one_line_error(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        // std's io::Error text ends in " (os error N)"; libraries quote it without.
+        let core = text.split(" (os error ").next().unwrap_or(&text);
+        if msg.contains(core) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
 }
 
 fn run(mut cli: Cli, logger: &Logger) -> Result<i32> {
@@ -734,6 +754,20 @@ fn update(root: &Path, u: UpdateArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_line_does_not_repeat_causes() {
+        let io = std::io::Error::from_raw_os_error(libc::EBUSY);
+        let inner = zone::ZoneError::io(
+            "writing 1 to /x/memory.limit_in_bytes",
+            std::path::Path::new("/x"),
+            io,
+        );
+        let e = anyhow::Error::new(inner).context("create");
+        let line = one_line_error(&e);
+        assert_eq!(line.matches("busy").count(), 1, "{line}");
+        assert!(line.starts_with("create: writing 1"), "{line}");
+    }
 
     #[test]
     fn sizes_and_intervals() {
