@@ -265,6 +265,26 @@ fn mnt(
     mount(src, target, fstype, flags, data).map_err(|e| ZoneError::sys(what(), e))
 }
 
+/// Mount a new instance of the special file system `fstype` (named `source`)
+/// at `dest`, resolved inside `root` and created as a directory when missing.
+fn mount_special(
+    root: &OwnedFd,
+    dest: &str,
+    (source, fstype): (&str, &str),
+    flags: MsFlags,
+    data: &str,
+) -> Result<()> {
+    let fd = resolve_in_root(root, Path::new(dest), Create::Dir)?;
+    mnt(
+        Some(Path::new(source)),
+        &fd_path(&fd),
+        Some(fstype),
+        flags,
+        Some(data),
+        &|| format!("mount {fstype} on {dest}"),
+    )
+}
+
 /// Flags a bind remount must keep (locked in a user namespace).
 fn locked_flags(path: &Path) -> MsFlags {
     use nix::sys::statvfs::{statvfs, FsFlags};
@@ -357,14 +377,12 @@ pub fn prepare_rootfs(cfg: &RootfsConfig) -> Result<()> {
                     .any(|o| o == "bind" || o == "rbind"))
     });
     if !dest_is("/dev") {
-        let fd = resolve_in_root(&root, Path::new("/dev"), Create::Dir)?;
-        mnt(
-            Some(Path::new("tmpfs")),
-            &fd_path(&fd),
-            Some("tmpfs"),
+        mount_special(
+            &root,
+            "/dev",
+            ("tmpfs", "tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-            Some("mode=755,size=65536k"),
-            &|| "mount tmpfs on /dev".into(),
+            "mode=755,size=65536k",
         )?;
     }
     for (i, m) in mounts.iter().enumerate() {
@@ -374,25 +392,21 @@ pub fn prepare_rootfs(cfg: &RootfsConfig) -> Result<()> {
     }
     if !dev_bind {
         if !dest_is("/dev/pts") {
-            let fd = resolve_in_root(&root, Path::new("/dev/pts"), Create::Dir)?;
-            mnt(
-                Some(Path::new("devpts")),
-                &fd_path(&fd),
-                Some("devpts"),
+            mount_special(
+                &root,
+                "/dev/pts",
+                ("devpts", "devpts"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-                Some("newinstance,ptmxmode=0666,mode=0620"),
-                &|| "mount devpts on /dev/pts".into(),
+                "newinstance,ptmxmode=0666,mode=0620",
             )?;
         }
         if !dest_is("/dev/shm") {
-            let fd = resolve_in_root(&root, Path::new("/dev/shm"), Create::Dir)?;
-            mnt(
-                Some(Path::new("shm")),
-                &fd_path(&fd),
-                Some("tmpfs"),
+            mount_special(
+                &root,
+                "/dev/shm",
+                ("shm", "tmpfs"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
-                Some("mode=1777,size=65536k"),
-                &|| "mount tmpfs on /dev/shm".into(),
+                "mode=1777,size=65536k",
             )?;
         }
         for (name, major, minor) in DEFAULT_DEVICES {

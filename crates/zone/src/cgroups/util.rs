@@ -120,17 +120,22 @@ pub(crate) fn procs_recursive(dir: &Path, out: &mut Vec<i32>) -> Result<(), Cgro
     Ok(())
 }
 
+/// `read_dir`, with a missing directory read as `None`.
+pub(crate) fn read_dir_if_exists(dir: &Path) -> Result<Option<std::fs::ReadDir>, CgroupError> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(Some(rd)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CgroupError::Read {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Child cgroup directories of `dir` (empty if `dir` is missing).
 pub(crate) fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(CgroupError::Read {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
+    let Some(rd) = read_dir_if_exists(dir)? else {
+        return Ok(Vec::new());
     };
     let mut v = Vec::new();
     for ent in rd {

@@ -698,15 +698,8 @@ impl V1 {
 
 /// Page sizes that have a `hugetlb.<size><suffix>` file in `dir`.
 pub(crate) fn hugetlb_sizes(dir: &Path, suffix: &str) -> Result<Vec<String>, CgroupError> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(CgroupError::Read {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
+    let Some(rd) = super::util::read_dir_if_exists(dir)? else {
+        return Ok(Vec::new());
     };
     let mut v = Vec::new();
     for ent in rd.flatten() {
