@@ -338,7 +338,7 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| repo_root().join("guest/target/release/bulkhead-guest"));
     if !guest.is_file() {
         bail!(
-            "test guest {} not found: build it with `cargo build --release --manifest-path guest/Cargo.toml` or pass --guest",
+            "test guest {} not found: build it with `(cd guest && cargo build --release)` or pass --guest",
             guest.display()
         );
     }
