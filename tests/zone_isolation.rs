@@ -283,3 +283,29 @@ fn runtime_binary_cannot_be_overwritten_through_proc_exe() {
     assert_eq!(z.wait(), 0);
     assert_eq!(fs::read(&on_disk).expect("re-read runtime binary"), before);
 }
+
+/// A new network namespace has its own stack with loopback up (as runc sets it up), and
+/// nothing of the host's interfaces: a server in the zone is reachable on 127.0.0.1 from
+/// inside the zone.
+#[test]
+fn network_namespace_has_loopback_up_and_no_host_interfaces() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.sh("ls /sys/class/net; cat /sys/class/net/lo/flags; \
+         mkdir -p /tmp/www && echo served-by-zone > /tmp/www/index.html && \
+         httpd -p 127.0.0.1:8080 -h /tmp/www && wget -qO- http://127.0.0.1:8080/index.html");
+    let z = Zone::new(b);
+    let o = z.run();
+    o.ok();
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"lo"),
+        "interfaces other than lo: {o:#?}"
+    );
+    // IFF_UP | IFF_LOOPBACK (plus RUNNING once up, depending on the kernel).
+    let flags = u32::from_str_radix(lines.get(1).unwrap_or(&"").trim_start_matches("0x"), 16)
+        .expect("lo flags");
+    assert_eq!(flags & 0x9, 0x9, "lo is not up: {o:#?}");
+    assert!(o.stdout.contains("served-by-zone"), "{o:#?}");
+}

@@ -604,6 +604,34 @@ fn attach_tty(slave_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Bring up the loopback interface of a new network namespace, as runc does:
+/// services in a zone expect 127.0.0.1 to work before any network is attached.
+pub fn loopback_up() -> Result<()> {
+    // SAFETY: plain socket(2); the result is checked and then owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(ZoneError::sys("socket for loopback setup", Errno::last()));
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the flags of the named interface in `ifr`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } < 0 {
+        return Err(ZoneError::sys("read flags of lo", Errno::last()));
+    }
+    // SAFETY: after SIOCGIFFLAGS the union holds the flags member.
+    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the name and flags from a valid `ifr`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } < 0 {
+        return Err(ZoneError::sys("bring up lo", Errno::last()));
+    }
+    Ok(())
+}
+
 /// The zone's init (stage 2). Never returns on success.
 fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
     let spec = ctx.spec;
@@ -635,6 +663,9 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
                 ));
             }
         }
+    }
+    if has_new(LinuxNamespaceType::Network) {
+        loopback_up()?;
     }
     if process.terminal().unwrap_or(false) {
         let (master, name, slave) = setup_tty(
