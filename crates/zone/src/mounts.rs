@@ -285,6 +285,21 @@ fn mount_special(
     )
 }
 
+/// Apply `extra` flags to the bind mount already at `dest` (inside `root`):
+/// flags on a bind mount take effect only through a remount, which must keep
+/// the flags the kernel has locked.
+fn remount_bind(
+    root: &OwnedFd,
+    dest: &Path,
+    extra: MsFlags,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
+    let fd = resolve_in_root(root, dest, Create::Nothing)?;
+    let p = fd_path(&fd);
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked_flags(&p);
+    mnt(None, &p, None, flags, None, what)
+}
+
 /// Flags a bind remount must keep (locked in a user namespace).
 fn locked_flags(path: &Path) -> MsFlags {
     use nix::sys::statvfs::{statvfs, FsFlags};
@@ -559,12 +574,7 @@ fn mount_entry(cfg: &RootfsConfig, root: &OwnedFd, m: &oci_spec::runtime::Mount)
         let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
             // Flags on a bind mount take effect only through a remount.
-            let fd = resolve_in_root(root, dest, Create::Nothing)?;
-            let p = fd_path(&fd);
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked_flags(&p);
-            mnt(None, &p, None, flags, None, &|| {
-                "remount bind with options".into()
-            })?;
+            remount_bind(root, dest, extra, &|| "remount bind with options".into())?;
         }
         apply_propagation(root, dest, &opts)?;
         return Ok(());
@@ -593,13 +603,9 @@ fn mount_entry(cfg: &RootfsConfig, root: &OwnedFd, m: &oci_spec::runtime::Mount)
                 None,
                 &|| "bind /sys".into(),
             )?;
-            let fd = resolve_in_root(root, dest, Create::Nothing)?;
-            let p = fd_path(&fd);
-            let fl = MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | (flags & MsFlags::MS_RDONLY)
-                | locked_flags(&p);
-            mnt(None, &p, None, fl, None, &|| "remount /sys".into())?;
+            remount_bind(root, dest, flags & MsFlags::MS_RDONLY, &|| {
+                "remount /sys".into()
+            })?;
         }
         Err(e) => {
             return Err(ZoneError::sys(
@@ -640,6 +646,11 @@ fn mount_cgroup(
     let flags = opts.flags
         & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME);
     let ro = opts.flags.contains(MsFlags::MS_RDONLY);
+    let ro_flag = if ro {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
     let only_v2 = cfg.cgroup_sources.len() == 1 && cfg.cgroup_sources[0].1.is_empty();
     if only_v2 {
         // Bind the zone's own cgroup2 directory: the init is not yet in its
@@ -654,31 +665,14 @@ fn mount_cgroup(
             None,
             &|| format!("bind cgroup {}", host.display()),
         )?;
-        let fd = resolve_in_root(root, dest, Create::Nothing)?;
-        let p = fd_path(&fd);
-        let fl = MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | flags
-            | locked_flags(&p)
-            | if ro {
-                MsFlags::MS_RDONLY
-            } else {
-                MsFlags::empty()
-            };
-        return mnt(None, &p, None, fl, None, &|| "remount cgroup2".into());
+        return remount_bind(root, dest, flags | ro_flag, &|| "remount cgroup2".into());
     }
     if cfg.cgroup_sources.is_empty() {
-        let fl = flags
-            | if ro {
-                MsFlags::MS_RDONLY
-            } else {
-                MsFlags::empty()
-            };
         return mnt(
             Some(Path::new("cgroup2")),
             &fd_path(&fd),
             Some("cgroup2"),
-            fl,
+            flags | ro_flag,
             None,
             &|| "mount cgroup2".into(),
         );
@@ -708,18 +702,7 @@ fn mount_cgroup(
             None,
             &|| format!("bind cgroup {}", host.display()),
         )?;
-        let fd = resolve_in_root(root, &sub, Create::Nothing)?;
-        let p = fd_path(&fd);
-        let fl = MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | flags
-            | locked_flags(&p)
-            | if ro {
-                MsFlags::MS_RDONLY
-            } else {
-                MsFlags::empty()
-            };
-        mnt(None, &p, None, fl, None, &|| {
+        remount_bind(root, &sub, flags | ro_flag, &|| {
             format!("remount cgroup {name}")
         })?;
         // Co-mounted controllers ("cpu,cpuacct") get one symlink per name.
