@@ -288,13 +288,20 @@ pub fn readonly_overlay_exe(exe: &std::path::Path) -> Result<OwnedFd> {
 /// protected). Returns only when no re-exec is needed; on success it does not
 /// return.
 pub fn ensure_sealed_exe() -> Result<()> {
+    let protected = self_exe_protected();
     if std::env::var_os(SEALED_ENV).is_some() {
+        // Already re-executed once: never loop; refuse to go on unprotected.
         std::env::remove_var(SEALED_ENV);
-        if self_exe_protected() {
+        if protected {
             return Ok(());
         }
+        return Err(ZoneError::io(
+            "re-executed binary is not write-protected",
+            std::path::Path::new("/proc/self/exe"),
+            std::io::ErrorKind::PermissionDenied.into(),
+        ));
     }
-    if self_exe_protected() {
+    if protected {
         return Ok(());
     }
     let path = std::fs::read_link("/proc/self/exe")
