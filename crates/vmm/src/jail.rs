@@ -20,8 +20,10 @@
 //!    snapshot directory).
 //! 2. Call [`enter`] while the process is still **single-threaded**: mount
 //!    namespaces, capability sets and the bounding set are per thread, so a
-//!    thread that already exists would stay outside the jail. `enter` refuses
-//!    to run with more than one thread.
+//!    thread that already exists would stay outside the jail. Helper threads
+//!    started earlier must have been joined; `enter` gives joined threads a
+//!    moment to leave the thread group and refuses to run with more than one
+//!    thread after that.
 //! 3. Spawn the vCPU and API threads; each calls [`apply_thread_filter`] with
 //!    its kind as its first action; the main (VMM) thread calls it with
 //!    [`ThreadKind::Vmm`] once its threads are spawned. Threads started later
@@ -91,7 +93,7 @@ pub enum JailError {
         "jail keep path {0} lies under the jail's base directory; keep paths must be outside it"
     )]
     KeepUnderBase(PathBuf),
-    #[error("cannot enter the jail: the process has {0} threads; call jail::enter before spawning any thread")]
+    #[error("cannot enter the jail: the process still has {0} threads; join every other thread before jail::enter")]
     MultiThreaded(usize),
     #[error("cannot enter the jail: reading /proc/self/status: {0}")]
     ProcStatus(io::Error),
@@ -161,6 +163,30 @@ fn thread_count() -> Result<usize, JailError> {
                 "no Threads: line",
             ))
         })
+}
+
+/// How long [`enter`] waits for threads that were joined to leave the thread
+/// group. `pthread_join` returns once the kernel has cleared the thread's tid
+/// (in `exit_mm`); the thread still shares the file-system context (which
+/// `unshare(CLONE_NEWNS)` refuses) until `exit_fs`, and is counted in
+/// `Threads:` until `exit_notify`, microseconds later. A thread that is still
+/// running is never waited out: the bound turns it into an error.
+const THREAD_EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Returns once the process is down to one thread, or fails with the count
+/// seen after [`THREAD_EXIT_GRACE`].
+fn wait_single_threaded() -> Result<(), JailError> {
+    let deadline = std::time::Instant::now() + THREAD_EXIT_GRACE;
+    loop {
+        let threads = thread_count()?;
+        if threads == 1 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(JailError::MultiThreaded(threads));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
 }
 
 /// Device nodes bound into the jail when the host has them: harmless, and
@@ -244,10 +270,7 @@ pub fn enter(cfg: &JailConfig) -> Result<(), JailError> {
             return Err(JailError::KeepUnderBase(p.clone()));
         }
     }
-    let threads = thread_count()?;
-    if threads != 1 {
-        return Err(JailError::MultiThreaded(threads));
-    }
+    wait_single_threaded()?;
     // Read what we need from the host's /proc before it disappears.
     let cap_last = last_cap();
 
@@ -1028,7 +1051,7 @@ mod tests {
         // process has at least two threads.
         let e = enter(&cfg("vm", "/tmp")).expect_err("must refuse");
         assert!(matches!(e, JailError::MultiThreaded(n) if n >= 2), "{e}");
-        assert!(e.to_string().contains("before spawning any thread"));
+        assert!(e.to_string().contains("join every other thread"));
     }
 
     fn killed_by_sigsys(status: WaitStatus) -> bool {

@@ -160,31 +160,82 @@ pub fn validate(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn create_guest_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> {
+/// KVM memory slots being registered on a helper thread. The first memslot
+/// change of a VM waits for an SRCU grace period (about 5 ms on this project's
+/// hosts, whatever the memory size); nothing before the first `KVM_RUN` needs the
+/// slots except restoring a vCPU's saved state, so the wait overlaps with
+/// loading the kernel and building devices, ACPI tables and vCPUs.
+/// [`MemslotRegistration::finish`] must return before any vCPU runs.
+struct MemslotRegistration(Option<std::thread::JoinHandle<Result<()>>>);
+
+impl MemslotRegistration {
+    fn finish(&mut self) -> Result<()> {
+        match self.0.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow!("memory slot registration thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MemslotRegistration {
+    /// On an early error the guest memory must outlive the registration.
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+fn create_guest_memory(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem_size: u64,
+) -> Result<(GuestMemoryMmap, MemslotRegistration)> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_size)
         .into_iter()
         .map(|(a, l)| (GuestAddress(a), l as usize))
         .collect();
     let mem = GuestMemoryMmap::from_ranges(&ranges)
         .with_context(|| format!("cannot allocate {} MiB of guest memory", mem_size >> 20))?;
+    let mut regions = Vec::new();
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
             .context("guest memory region has no host mapping")?;
-        let r = kvm_userspace_memory_region {
+        regions.push(kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().raw_value(),
             memory_size: region.len(),
             userspace_addr: host as u64,
             flags: 0,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which the VM
-        // keeps for its whole life (vCPU threads and devices hold clones), so
-        // KVM never sees the mapping go away while the VM can run.
-        unsafe { vm.set_user_memory_region(r) }
-            .with_context(|| format!("KVM_SET_USER_MEMORY_REGION slot {slot}"))?;
+        });
     }
-    Ok(mem)
+    // A second descriptor of the same VM for the helper thread.
+    // SAFETY: F_DUPFD_CLOEXEC on the VM's live descriptor; the result is checked.
+    let dup = unsafe { libc::fcntl(vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error()).context("duplicating the VM descriptor");
+    }
+    // SAFETY: `dup` is a fresh descriptor of a KVM VM that nothing else owns;
+    // the VmFd takes ownership and closes it.
+    let vm2 =
+        unsafe { kvm.create_vmfd_from_rawfd(dup) }.context("duplicating the VM descriptor")?;
+    let handle = std::thread::Builder::new()
+        .name("memslots".into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || -> Result<()> {
+            for r in regions {
+                // SAFETY: the region is a live mapping owned by the guest
+                // memory, which the VM keeps for its whole life (vCPU threads
+                // and devices hold clones), so KVM never sees it go away while
+                // the VM can run.
+                unsafe { vm2.set_user_memory_region(r) }
+                    .with_context(|| format!("KVM_SET_USER_MEMORY_REGION slot {}", r.slot))?;
+            }
+            Ok(())
+        })
+        .context("cannot start the memory slot registration thread")?;
+    Ok((mem, MemslotRegistration(Some(handle))))
 }
 
 /// Terminal mode to restore at exit.
@@ -268,12 +319,13 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     }
     let pvm = cpu::host_is_pvm();
     let vm = kvm.create_vm().context("KVM_CREATE_VM failed")?;
+    // First, so that the memslot registration's wait overlaps everything else.
+    let (mem, mut memslots) = create_guest_memory(&kvm, &vm, mem_size)?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
         .context("KVM_SET_IDENTITY_MAP_ADDR")?;
     vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
         .context("KVM_SET_TSS_ADDR")?;
     vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
-    let mem = create_guest_memory(&vm, mem_size)?;
     let control = Arc::new(VmControl::new(vcpu_count as usize).context("cannot create eventfd")?);
 
     // virtio-mmio devices.
@@ -433,6 +485,12 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     vm.register_irqfd(&ged_evt, acpi::GED_GSI)
         .context("KVM_IRQFD for the power button")?;
 
+    // Restoring saved vCPU state may make KVM read guest memory (PAE page
+    // directory pointers), so the slots must be in place first.
+    if snap.is_some() {
+        memslots.finish()?;
+    }
+
     // vCPUs.
     let base_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -492,6 +550,7 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     control::install_term_handlers(&control).context("cannot install signal handlers")?;
 
     // Everything is open: confine the process while it is single-threaded.
+    memslots.finish()?;
     if !cli.no_jail {
         let mut keep = Vec::new();
         if let Some(d) = &snapshot_dir {
