@@ -49,8 +49,7 @@ macro_rules! require_root {
 /// The OCI runtime under test.
 ///
 /// `$BULKHEAD_TEST_RUNTIME` (a path) wins. Otherwise `bulkhead-runc` next to the test
-/// executable's target profile dir (`target/<profile>/deps/<test>` → `target/<profile>/`),
-/// then `$BULKHEAD_TARGET_DIR/{release,debug}/bulkhead-runc` when that variable is set.
+/// executable, then under `$BULKHEAD_TARGET_DIR` (see [`find_built_binary`]).
 /// Panics with a precise message when none exists, so a missing runtime fails loudly.
 pub fn runtime() -> PathBuf {
     find_runtime().unwrap_or_else(|e| panic!("{e}"))
@@ -58,39 +57,45 @@ pub fn runtime() -> PathBuf {
 
 /// [`runtime`] without panicking: the path, or a precise message saying what was tried.
 pub fn find_runtime() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("BULKHEAD_TEST_RUNTIME") {
+    find_built_binary("bulkhead-runc", "BULKHEAD_TEST_RUNTIME")
+}
+
+/// A workspace binary for the system tests: the file named by `$<env_var>` when set
+/// (it must exist); else `name` next to the test executable (`<out>/deps/<test>-hash`
+/// → `<out>/`); else under `$BULKHEAD_TARGET_DIR` when that is set. The workspace builds
+/// for an explicit target (.cargo/config.toml), so cargo's output dir is
+/// `<target dir>/x86_64-unknown-linux-gnu/<profile>`; a plain `<target dir>/<profile>`
+/// is tried too. The error names every path tried.
+pub fn find_built_binary(name: &str, env_var: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(env_var) {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            return Err(format!(
-                "BULKHEAD_TEST_RUNTIME={} is not a file",
-                p.display()
-            ));
+            return Err(format!("{env_var}={} is not a file", p.display()));
         }
         return Ok(p);
     }
     let mut tried = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
-        // target/<profile>/deps/<test>-hash  or  target/<profile>/<bin>
         for dir in exe.ancestors().skip(1).take(2) {
-            let cand = dir.join("bulkhead-runc");
-            if cand.is_file() {
-                return Ok(cand);
-            }
-            tried.push(cand);
+            tried.push(dir.join(name));
         }
     }
     if let Some(t) = std::env::var_os("BULKHEAD_TARGET_DIR") {
-        for profile in ["release", "debug"] {
-            let cand = Path::new(&t).join(profile).join("bulkhead-runc");
-            if cand.is_file() {
-                return Ok(cand);
-            }
-            tried.push(cand);
+        for out in [
+            "x86_64-unknown-linux-gnu/release",
+            "release",
+            "x86_64-unknown-linux-gnu/debug",
+            "debug",
+        ] {
+            tried.push(Path::new(&t).join(out).join(name));
         }
     }
+    if let Some(found) = tried.iter().find(|c| c.is_file()) {
+        return Ok(found.clone());
+    }
     Err(format!(
-        "bulkhead-runc not found (tried {tried:?}); build it, or set \
-         BULKHEAD_TEST_RUNTIME=<path> or BULKHEAD_TARGET_DIR=<cargo target dir>"
+        "{name} not found (tried {tried:?}); build the workspace (`cargo build --workspace --release`) \
+         or set {env_var}=<path> or BULKHEAD_TARGET_DIR=<cargo target dir>"
     ))
 }
 

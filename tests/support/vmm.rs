@@ -78,42 +78,12 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The monitor under test: `$BULKHEAD_TEST_VMM`, else `bulkhead-vmm` next to
-/// the test executable's profile dir (`target/<profile>/deps/<test>` →
-/// `target/<profile>/`), else `$BULKHEAD_TARGET_DIR/{debug,release}`.
-/// Panics with what was tried, so a missing monitor fails loudly.
+/// the test executable, else under `$BULKHEAD_TARGET_DIR`
+/// ([`system_tests::find_built_binary`]). Panics with what was tried, so a
+/// missing monitor fails loudly.
 pub fn vmm_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("BULKHEAD_TEST_VMM") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "BULKHEAD_TEST_VMM={} is not a file",
-            p.display()
-        );
-        return p;
-    }
-    let mut tried = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(2) {
-            let cand = dir.join("bulkhead-vmm");
-            if cand.is_file() {
-                return cand;
-            }
-            tried.push(cand);
-        }
-    }
-    if let Some(t) = std::env::var_os("BULKHEAD_TARGET_DIR") {
-        for profile in ["debug", "release"] {
-            let cand = Path::new(&t).join(profile).join("bulkhead-vmm");
-            if cand.is_file() {
-                return cand;
-            }
-            tried.push(cand);
-        }
-    }
-    panic!(
-        "bulkhead-vmm not found (tried {tried:?}); build it with `cargo build -p vmm --bin bulkhead-vmm` \
-         into the same target dir, or set BULKHEAD_TEST_VMM"
-    );
+    system_tests::find_built_binary("bulkhead-vmm", "BULKHEAD_TEST_VMM")
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The test guest ELF: `$BULKHEAD_TEST_GUEST`, else the release build in

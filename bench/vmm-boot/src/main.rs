@@ -41,7 +41,7 @@ struct Args {
     /// Guest memory in MiB (same for both).
     #[arg(long, default_value_t = 128)]
     mem_mib: u64,
-    /// bulkhead-vmm binary (default: next to this binary, then target/{release,debug}).
+    /// bulkhead-vmm binary (default: next to this binary, then target/[x86_64-unknown-linux-gnu/]{release,debug}).
     #[arg(long)]
     vmm: Option<PathBuf>,
     /// Extra argument for bulkhead-vmm (repeatable), e.g. --vmm-arg=--no-jail.
@@ -50,7 +50,7 @@ struct Args {
     /// QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
-    /// Test guest ELF (default: guest/target/release/bulkhead-guest).
+    /// Test guest ELF (default: guest/target/x86_64-unknown-linux-gnu/release/bulkhead-guest).
     #[arg(long)]
     guest: Option<PathBuf>,
     /// Memory samples per monitor.
@@ -291,6 +291,26 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The target triple the workspace and the guest build for (.cargo/config.toml),
+/// which puts cargo's output under `target/<triple>/<profile>`.
+const GNU_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The guest's release build: `guest/target/<triple>/release/bulkhead-guest`, or
+/// the plain `guest/target/release/…` of a build without an explicit target.
+fn default_guest() -> PathBuf {
+    let guest = repo_root().join("guest/target");
+    let with_triple = guest.join(GNU_TARGET).join("release/bulkhead-guest");
+    if with_triple.is_file() {
+        return with_triple;
+    }
+    let plain = guest.join("release/bulkhead-guest");
+    if plain.is_file() {
+        plain
+    } else {
+        with_triple
+    }
+}
+
 fn find_vmm(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p);
@@ -304,6 +324,8 @@ fn find_vmm(explicit: Option<PathBuf>) -> Result<PathBuf> {
     let root = repo_root();
     for t in ["target", "target-vmm"] {
         for p in ["release", "debug"] {
+            // The workspace builds for an explicit target (.cargo/config.toml).
+            tried.push(root.join(t).join(GNU_TARGET).join(p).join("bulkhead-vmm"));
             tried.push(root.join(t).join(p).join("bulkhead-vmm"));
         }
     }
@@ -332,10 +354,7 @@ fn main() -> Result<()> {
     if a.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    let guest = a
-        .guest
-        .clone()
-        .unwrap_or_else(|| repo_root().join("guest/target/release/bulkhead-guest"));
+    let guest = a.guest.clone().unwrap_or_else(default_guest);
     if !guest.is_file() {
         bail!(
             "test guest {} not found: build it with `(cd guest && cargo build --release)` or pass --guest",
