@@ -7,6 +7,7 @@
 mod vmm;
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 
 use vmm::{field, parse_num, run_vmm, Scratch, Vm, VmSpec};
@@ -216,8 +217,23 @@ fn bad_input_is_refused_with_a_one_line_error() {
     ]);
     assert_names(&l, &["no-such-disk.img"]);
 
-    // A TAP that cannot be opened: root may create any new TAP name, so
-    // use an existing interface that is not a TAP, `lo`.
+    // A TAP that does not exist is not created behind the user's back.
+    let l = one_line_error(&[
+        "--kernel",
+        guest,
+        "--net",
+        "tap=bhnosuchtap0",
+        "--serial",
+        "none",
+    ]);
+    assert_names(&l, &["bhnosuchtap0"]);
+    assert_names(&l, &["does not exist"]);
+    assert!(
+        !Path::new("/sys/class/net/bhnosuchtap0").exists(),
+        "the monitor created the TAP"
+    );
+
+    // A TAP that cannot be opened: an existing interface that is not a TAP, `lo`.
     let l = one_line_error(&["--kernel", guest, "--net", "tap=lo", "--serial", "none"]);
     assert_names(&l, &["tap"]);
     assert!(

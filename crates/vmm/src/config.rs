@@ -237,7 +237,7 @@ pub struct Cli {
     /// file:<path>, socket:<path> (we listen; one client at a time), none.
     #[arg(long, value_name = "SPEC", value_parser = serial_arg, default_value = "stdout")]
     pub serial: SerialSpec,
-    /// virtio-blk disk backed by a file: <path>[,ro]. Repeatable.
+    /// virtio-blk disk backed by a raw image file or a block device (opened exclusively): <path>[,ro]. Repeatable.
     #[arg(long, value_name = "PATH[,ro]", value_parser = disk_arg)]
     pub disk: Vec<DiskSpec>,
     /// virtio-net device on an existing TAP interface: tap=<name>[,mac=<mac>]. Repeatable.

@@ -1,9 +1,11 @@
-//! virtio-blk (type 2) over a raw image file: IN/OUT with pread/pwrite,
-//! FLUSH with fdatasync, GET_ID; read-only images refuse writes.
+//! virtio-blk (type 2) over a raw image (a regular file or a block device):
+//! IN/OUT with pread/pwrite, FLUSH with fdatasync, GET_ID; read-only images
+//! refuse writes.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -69,24 +71,56 @@ fn serial_for(path: &Path) -> [u8; VIRTIO_BLK_ID_BYTES] {
     id
 }
 
+/// Size in bytes of the block device open as `file` (BLKGETSIZE64).
+fn block_device_size(file: &File) -> io::Result<u64> {
+    // _IOR(0x12, 114, size_t) from <linux/fs.h>; the libc crate has no constant.
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut bytes: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid
+    // for the duration of the call; the fd is a live block device.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut bytes) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(bytes)
+}
+
 impl Block {
-    /// Open the raw image at `path`; capacity is its size in whole sectors.
+    /// Open the raw image at `path`, a regular file or a block device;
+    /// capacity is its size in whole sectors. A block device is opened with
+    /// `O_EXCL`, so one that is mounted (or held by another exclusive opener)
+    /// is refused instead of being written under a file system's feet.
     pub fn new(path: impl AsRef<Path>, read_only: bool) -> Result<Block, Error> {
         let path = path.as_ref();
         let open_err = |source: io::Error| Error::OpenDisk {
             path: path.display().to_string(),
             source,
         };
+        let kind = std::fs::metadata(path).map_err(open_err)?.file_type();
+        let is_blockdev = kind.is_block_device();
+        if !kind.is_file() && !is_blockdev {
+            return Err(open_err(io::Error::other(
+                "neither a regular file nor a block device",
+            )));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
+            .custom_flags(if is_blockdev { libc::O_EXCL } else { 0 })
             .open(path)
             .map_err(open_err)?;
+        // Checked again on the open file: the path may have been swapped.
         let meta = file.metadata().map_err(open_err)?;
-        if !meta.is_file() {
-            return Err(open_err(io::Error::other("not a regular file")));
-        }
-        let capacity = meta.len() / SECTOR_SIZE;
+        let bytes = if meta.file_type().is_block_device() {
+            block_device_size(&file).map_err(open_err)?
+        } else if meta.is_file() {
+            meta.len()
+        } else {
+            return Err(open_err(io::Error::other(
+                "neither a regular file nor a block device",
+            )));
+        };
+        let capacity = bytes / SECTOR_SIZE;
         // struct virtio_blk_config up to blk_size (offset 20), rest zero.
         let mut config = vec![0u8; 64];
         config[0..8].copy_from_slice(&capacity.to_le_bytes());

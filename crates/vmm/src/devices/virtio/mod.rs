@@ -75,6 +75,11 @@ pub enum Error {
     OpenTap { name: String, source: io::Error },
     #[error("invalid TAP device name \"{0}\": must be 1 to 15 bytes without NUL")]
     TapName(String),
+    #[error(
+        "TAP device \"{0}\" does not exist in the monitor's network namespace \
+         (create it first, e.g. `ip tuntap add {0} mode tap`)"
+    )]
+    NoSuchTap(String),
     #[error("invalid vsock guest CID {0}: must be at least 3 and below 2^32-1")]
     VsockCid(u64),
     #[error("cannot listen on vsock Unix socket \"{path}\": {source}")]

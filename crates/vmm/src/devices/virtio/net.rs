@@ -37,10 +37,20 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Open (creating if needed) TAP interface `name` with a 12-byte vnet header.
+/// Open the existing TAP interface `name` with a 12-byte vnet header.
+///
+/// TUNSETIFF would create a missing interface (given CAP_NET_ADMIN), leaving the
+/// guest on an unconfigured link that vanishes with the monitor; a typo in the
+/// name must be an error instead. The interface is looked up in the calling
+/// thread's network namespace (not through /sys, which may belong to another).
 fn open_tap(name: &str) -> Result<File, Error> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(Error::TapName(name.to_string()));
+    }
+    let cname = std::ffi::CString::new(name).map_err(|_| Error::TapName(name.to_string()))?;
+    // SAFETY: if_nametoindex reads the NUL-terminated string, which outlives the call.
+    if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
+        return Err(Error::NoSuchTap(name.to_string()));
     }
     let err = |source: io::Error| Error::OpenTap {
         name: name.to_string(),
@@ -81,7 +91,7 @@ pub struct Net {
 }
 
 impl Net {
-    /// Attach to TAP `tap_name` (created if it does not exist). With `mac`
+    /// Attach to the existing TAP `tap_name`. With `mac`
     /// the device offers VIRTIO_NET_F_MAC; without, the guest picks one.
     pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Net, Error> {
         Ok(Net {

@@ -506,6 +506,84 @@ fn blk_open_error_names_the_file() {
     );
 }
 
+/// A loop device over a file, detached on drop.
+struct LoopDev(String);
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        run("losetup", &["-d", &self.0]);
+    }
+}
+
+#[test]
+fn blk_on_a_block_device() {
+    let d = disk();
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&d.path)
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => {
+            LoopDev(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        }
+        Ok(o) => {
+            println!(
+                "SKIPPED: cannot attach a loop device: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            println!("SKIPPED: losetup: {e}");
+            return;
+        }
+    };
+    // Capacity comes from BLKGETSIZE64, not st_size (0 for a device node).
+    let blk = Block::new(&dev.0, false).expect("open the loop device");
+    assert_eq!(blk.capacity(), 128);
+    // Exclusive: a second monitor cannot open the same device.
+    let e = Block::new(&dev.0, true)
+        .err()
+        .expect("second opener refused");
+    assert!(e.to_string().contains(&dev.0), "{e}");
+    let mut h = Harness::new(Box::new(blk), 64);
+    assert_eq!(h.init(1 << VIRTIO_BLK_F_FLUSH), DRIVER_OK_STATUS);
+    assert_eq!(
+        h.blk_request(VIRTIO_BLK_T_IN, 5, Some((512, true))),
+        (513, VIRTIO_BLK_S_OK)
+    );
+    assert!(h.read(DATA, 512).iter().all(|&b| b == 5));
+    h.write(DATA, &[0x5a; 512]);
+    assert_eq!(
+        h.blk_request(VIRTIO_BLK_T_OUT, 9, Some((512, false))).1,
+        VIRTIO_BLK_S_OK
+    );
+    assert_eq!(
+        h.blk_request(VIRTIO_BLK_T_FLUSH, 0, None).1,
+        VIRTIO_BLK_S_OK
+    );
+    drop(h);
+    drop(dev);
+    // The write went through the device into the backing file.
+    let file = std::fs::File::open(&d.path).expect("open image");
+    let mut sector = [0u8; 512];
+    file.read_exact_at(&mut sector, 9 * 512)
+        .expect("read image");
+    assert_eq!(sector, [0x5a; 512]);
+}
+
+#[test]
+fn blk_refuses_other_file_kinds() {
+    let e = Block::new("/dev/null", false)
+        .err()
+        .expect("a character device");
+    assert!(
+        e.to_string()
+            .contains("neither a regular file nor a block device"),
+        "{e}"
+    );
+}
+
 #[test]
 fn blk_survives_hostile_chains() {
     let d = disk();
@@ -847,6 +925,69 @@ fn vsock_host_close_sends_shutdown_and_respects_credit() {
 }
 
 #[test]
+fn vsock_unanswered_connect_is_reset() {
+    let mut v = VsockHarness::new();
+    let mut client = UnixStream::connect(&v.uds).expect("connect uds");
+    client
+        .set_read_timeout(Some(GUEST_REPLY_TIMEOUT * 5))
+        .expect("timeout");
+    client.write_all(b"CONNECT 55\n").expect("send CONNECT");
+    let (req, _) = v.recv();
+    assert_eq!((req.op, req.dst_port), (OP_REQUEST, 55));
+    // The guest never answers: after GUEST_REPLY_TIMEOUT the device gives up,
+    // tells the guest (RST for the same port pair) and closes the client,
+    // which never saw `OK`.
+    let (rst, _) = v.recv();
+    assert_eq!(
+        (rst.op, rst.src_port, rst.dst_port),
+        (OP_RST, req.src_port, 55)
+    );
+    let mut rest = Vec::new();
+    client
+        .read_to_end(&mut rest)
+        .expect("EOF, not a read timeout");
+    assert!(rest.is_empty(), "got {rest:?}");
+    // A late RESPONSE is for a connection that no longer exists.
+    v.send(v.pkt(OP_RESPONSE, 55, req.src_port, 0), &[]);
+    assert_eq!(v.recv().0.op, OP_RST);
+}
+
+#[test]
+fn vsock_silent_host_client_is_disconnected() {
+    let v = VsockHarness::new();
+    let mut client = UnixStream::connect(&v.uds).expect("connect uds");
+    client
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT * 3))
+        .expect("timeout");
+    // No `CONNECT` line: the device closes the client after HANDSHAKE_TIMEOUT.
+    let mut rest = Vec::new();
+    client
+        .read_to_end(&mut rest)
+        .expect("EOF, not a read timeout");
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn vsock_guest_that_ignores_shutdown_is_reset() {
+    let mut v = VsockHarness::new();
+    let mut client = UnixStream::connect(&v.uds).expect("connect uds");
+    client.write_all(b"CONNECT 66\n").expect("send CONNECT");
+    let (req, _) = v.recv();
+    let hp = req.src_port;
+    v.send(v.pkt(OP_RESPONSE, 66, hp, 0), &[]);
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert_eq!(read_line(&mut client), format!("OK {hp}"));
+    drop(client);
+    let (sd, _) = v.recv();
+    assert_eq!(sd.op, OP_SHUTDOWN);
+    // No RST from the guest: the device resets the connection itself.
+    let (rst, _) = v.recv();
+    assert_eq!((rst.op, rst.src_port, rst.dst_port), (OP_RST, hp, 66));
+}
+
+#[test]
 fn vsock_guest_initiated_connection() {
     let mut v = VsockHarness::new();
     let listener =
@@ -1091,6 +1232,9 @@ fn net_tap_exchanges_arp_with_kernel() {
     }
     quiet_ipv6(&ns.0);
     let mac = [0x02, 0x42, 0xbb, 0, 0, 1];
+    // The monitor only opens existing TAPs; the test owns this one (it goes
+    // away with the namespace it is moved into).
+    assert!(run("ip", &["tuntap", "add", "dev", &tap, "mode", "tap"]));
     let dev = Net::new(&tap, Some(mac)).expect("open tap");
     // The fd keeps working after the TAP moves into the test namespace,
     // where the kernel answers ARP for 10.201.x.1.
@@ -1154,6 +1298,9 @@ fn net_rx_waits_for_buffers() {
     }
     quiet_ipv6(&ns.0);
     let mac = [0x02, 0x42, 0xbb, 0, 0, 2];
+    // The monitor only opens existing TAPs; the test owns this one (it goes
+    // away with the namespace it is moved into).
+    assert!(run("ip", &["tuntap", "add", "dev", &tap, "mode", "tap"]));
     let dev = Net::new(&tap, None).expect("open tap");
     let addr = format!("10.201.{x}.1/24");
     assert!(run("ip", &["link", "set", &tap, "netns", &ns.0]));
@@ -1194,4 +1341,8 @@ fn net_open_error_names_the_tap() {
         .err()
         .expect("bad name");
     assert!(e.to_string().contains("this-name-is-far-too-long"), "{e}");
+    let e = Net::new("bhtapmissing9", None).err().expect("missing TAP");
+    assert!(matches!(e, Error::NoSuchTap(_)), "{e}");
+    assert!(e.to_string().contains("ip tuntap add bhtapmissing9"), "{e}");
+    assert!(!std::path::Path::new("/sys/class/net/bhtapmissing9").exists());
 }

@@ -16,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vmm_sys_util::epoll::EventSet;
@@ -53,6 +54,13 @@ const MAX_CONNS: usize = 1024;
 const MAX_PENDING_CTRL: usize = 4096;
 /// Longest `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 64;
+/// A host client has this long after connecting to send `CONNECT <port>\n`;
+/// then it is disconnected.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The guest has this long to accept a host-initiated connection (RESPONSE),
+/// and to answer our SHUTDOWN with RST; then the connection is reset and the
+/// host client sees end-of-file (without `OK` when it was never accepted).
+pub const GUEST_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// First port used for host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const LISTENER_TOKEN: u64 = BACKEND_TOKEN_BASE;
@@ -154,10 +162,12 @@ impl Drop for Vsock {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Host-initiated: REQUEST sent, waiting for the guest's RESPONSE.
+    /// Host-initiated: REQUEST sent, waiting for the guest's RESPONSE
+    /// (at most [`GUEST_REPLY_TIMEOUT`]).
     Connecting,
     Established,
-    /// We told the guest the host side is gone; waiting for its RST.
+    /// We told the guest the host side is gone; waiting for its RST (at
+    /// most [`GUEST_REPLY_TIMEOUT`]).
     Closing,
 }
 
@@ -186,11 +196,16 @@ struct Conn {
     guest_shut_send: bool,
     guest_shut_rcv: bool,
     credit_requested: bool,
+    /// When a `Connecting` or `Closing` connection is reset if the guest has
+    /// not answered.
+    deadline: Option<Instant>,
 }
 
 impl Conn {
     fn new(stream: UnixStream, token: u64, state: State, peer: &Hdr) -> Conn {
+        let deadline = (state != State::Established).then(|| Instant::now() + GUEST_REPLY_TIMEOUT);
         Conn {
+            deadline,
             stream,
             token,
             state,
@@ -206,6 +221,13 @@ impl Conn {
             guest_shut_rcv: false,
             credit_requested: false,
         }
+    }
+
+    /// The host side is gone: wait (bounded) for the guest's RST.
+    fn start_closing(&mut self) {
+        self.state = State::Closing;
+        self.readable = false;
+        self.deadline = Some(Instant::now() + GUEST_REPLY_TIMEOUT);
     }
 
     /// Bytes we may send to the guest now.
@@ -239,6 +261,8 @@ impl Conn {
 struct Handshake {
     stream: UnixStream,
     line: Vec<u8>,
+    /// Disconnected when the line is not complete by then.
+    deadline: Instant,
 }
 
 /// Worker state of an activated Vsock.
@@ -424,8 +448,7 @@ impl VsockBackend {
                     Peek::Empty => c.readable = false,
                     Peek::Eof => {
                         // Closing needs no credit.
-                        c.state = State::Closing;
-                        c.readable = false;
+                        c.start_closing();
                         let h = self.hdr_to_guest(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
                         self.queue_ctrl(h);
                     }
@@ -451,8 +474,7 @@ impl VsockBackend {
                 Ok(0) => {
                     // Host closed: tell the guest, wait for its RST.
                     ctx.undo_pop(RX_QUEUE);
-                    c.state = State::Closing;
-                    c.readable = false;
+                    c.start_closing();
                     let h = self.hdr_to_guest(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
                     self.queue_ctrl(h);
                 }
@@ -566,6 +588,7 @@ impl VsockBackend {
         match h.op {
             OP_RESPONSE if c.state == State::Connecting => {
                 c.state = State::Established;
+                c.deadline = None;
                 let ok = format!("OK {}\n", key.0);
                 // A fresh socket's buffer always takes these few bytes.
                 if c.stream.write_all(ok.as_bytes()).is_err() {
@@ -669,6 +692,7 @@ impl VsockBackend {
                             Handshake {
                                 stream,
                                 line: Vec::new(),
+                                deadline: Instant::now() + HANDSHAKE_TIMEOUT,
                             },
                         );
                     }
@@ -860,6 +884,38 @@ impl Backend for VsockBackend {
         } else if let Some(&key) = self.tokens.get(&token) {
             self.conn_event(ctx, key, events);
         }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let handshakes = self.handshakes.values().map(|h| h.deadline);
+        let conns = self.conns.values().filter_map(|c| c.deadline);
+        handshakes.chain(conns).min()
+    }
+
+    /// Disconnect host clients that did not finish `CONNECT`, and reset
+    /// connections the guest did not answer in time.
+    fn timer(&mut self, ctx: &mut Ctx, now: Instant) {
+        let late: Vec<u64> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in late {
+            if let Some(hs) = self.handshakes.remove(&token) {
+                ctx.remove_fd(&hs.stream);
+            }
+        }
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(&k, _)| k)
+            .collect();
+        for key in late {
+            self.reset_conn(ctx, key);
+        }
+        self.process_rx(ctx);
     }
 
     fn snapshot(&self) -> Value {

@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -313,6 +314,28 @@ pub trait Backend: Send + 'static {
     fn snapshot(&self) -> Value {
         Value::Null
     }
+    /// The earliest instant the backend wants [`Backend::timer`] called
+    /// (None: no timer). Asked after every round of events, so it must be cheap.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// The instant from [`Backend::next_deadline`] has passed.
+    fn timer(&mut self, _ctx: &mut Ctx, _now: Instant) {}
+}
+
+/// epoll timeout (ms, rounded up so the deadline has passed on wake-up) until
+/// `deadline`; -1 (wait for events only) without one.
+fn epoll_timeout(deadline: Option<Instant>, now: Instant) -> i32 {
+    match deadline {
+        None => -1,
+        Some(d) => {
+            let left = d.saturating_duration_since(now);
+            let ms = left
+                .as_nanos()
+                .div_ceil(Duration::from_millis(1).as_nanos());
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        }
+    }
 }
 
 enum Cmd {
@@ -458,7 +481,8 @@ fn control<B: Backend>(backend: &B, ctx: &mut Ctx, rx: &mpsc::Receiver<Cmd>) -> 
 fn run<B: Backend>(mut backend: B, mut ctx: Ctx, ctl: EventFd, rx: mpsc::Receiver<Cmd>) {
     let mut events = vec![EpollEvent::default(); 64];
     loop {
-        let n = match ctx.epoll.wait(-1, &mut events) {
+        let timeout = epoll_timeout(backend.next_deadline(), Instant::now());
+        let n = match ctx.epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return,
@@ -480,6 +504,12 @@ fn run<B: Backend>(mut backend: B, mut ctx: Ctx, ctl: EventFd, rx: mpsc::Receive
                 }
             } else if !ctx.broken {
                 backend.fd_event(&mut ctx, token, ev.event_set());
+            }
+        }
+        if !ctx.broken {
+            let now = Instant::now();
+            if backend.next_deadline().is_some_and(|d| d <= now) {
+                backend.timer(&mut ctx, now);
             }
         }
         ctx.flush_interrupts();
@@ -512,5 +542,30 @@ fn perm(write: bool) -> Permissions {
         Permissions::Write
     } else {
         Permissions::Read
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoll_timeout_rounds_up_and_saturates() {
+        let now = Instant::now();
+        assert_eq!(epoll_timeout(None, now), -1);
+        assert_eq!(epoll_timeout(Some(now), now), 0);
+        assert_eq!(
+            epoll_timeout(now.checked_sub(Duration::from_secs(1)), now),
+            0
+        );
+        assert_eq!(epoll_timeout(Some(now + Duration::from_micros(1)), now), 1);
+        assert_eq!(
+            epoll_timeout(Some(now + Duration::from_millis(1500)), now),
+            1500
+        );
+        assert_eq!(
+            epoll_timeout(Some(now + Duration::from_secs(100 * 86_400)), now),
+            i32::MAX
+        );
     }
 }
