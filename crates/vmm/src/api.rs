@@ -45,6 +45,8 @@ pub struct ApiContext {
     pub vm: Arc<VmFd>,
     pub mem: GuestMemoryMmap,
     pub serial: Arc<Mutex<SerialDevice>>,
+    /// The console backend as `describe` reports it (`stdout`, `pty:/dev/pts/N`, …).
+    pub serial_desc: String,
     /// Where snapshots may go (canonical path); required when jailed.
     pub snapshot_dir: Option<std::path::PathBuf>,
 }
@@ -119,6 +121,7 @@ pub fn handle_request(line: &str, ctx: &ApiContext) -> Value {
             "vcpus": ctx.vcpus,
             "memory": ctx.mem_size,
             "devices": ctx.devices,
+            "serial": ctx.serial_desc,
             "jailed": ctx.jailed,
             "kvm_pvm": ctx.pvm,
             "emulation_fallbacks": crate::x86::emulate::FALLBACK_NAMES

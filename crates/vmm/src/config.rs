@@ -12,7 +12,7 @@ use thiserror::Error;
 pub enum ConfigError {
     #[error("invalid size {0:?}: expected a number with an optional K, M, G or T suffix (e.g. 128M, 1G)")]
     Size(String),
-    #[error("invalid --serial {0:?}: expected stdout, none, file:<path> or socket:<path>")]
+    #[error("invalid --serial {0:?}: expected stdout, pty, none, file:<path> or socket:<path>")]
     Serial(String),
     #[error("invalid --disk {0:?}: expected <path>[,ro]")]
     Disk(String),
@@ -57,6 +57,9 @@ pub enum SerialSpec {
     /// A Unix socket we listen on; one client at a time gets output and
     /// sends input.
     Socket(PathBuf),
+    /// A new pseudo-terminal; its path (`/dev/pts/N`) is printed on stderr
+    /// and reported by `describe`.
+    Pty,
     /// Discarded.
     None,
 }
@@ -66,6 +69,7 @@ pub fn parse_serial(s: &str) -> Result<SerialSpec, ConfigError> {
     match s {
         "stdout" => Ok(SerialSpec::Stdout),
         "none" => Ok(SerialSpec::None),
+        "pty" => Ok(SerialSpec::Pty),
         _ => {
             if let Some(p) = s.strip_prefix("file:") {
                 if p.is_empty() {
@@ -234,7 +238,8 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u32,
     /// COM1 backend: stdout (input from stdin when it is a terminal),
-    /// file:<path>, socket:<path> (we listen; one client at a time), none.
+    /// pty (a new pseudo-terminal, path printed on stderr), file:<path>,
+    /// socket:<path> (we listen; one client at a time), none.
     #[arg(long, value_name = "SPEC", value_parser = serial_arg, default_value = "stdout")]
     pub serial: SerialSpec,
     /// virtio-blk disk backed by a raw image file or a block device (opened exclusively): <path>[,ro]. Repeatable.
@@ -312,6 +317,7 @@ mod tests {
     fn serial_specs() {
         assert_eq!(parse_serial("stdout"), Ok(SerialSpec::Stdout));
         assert_eq!(parse_serial("none"), Ok(SerialSpec::None));
+        assert_eq!(parse_serial("pty"), Ok(SerialSpec::Pty));
         assert_eq!(
             parse_serial("file:/tmp/x"),
             Ok(SerialSpec::File("/tmp/x".into()))

@@ -15,13 +15,18 @@ pub enum Ending {
     /// Print '.' forever (for pause/snapshot/restore tests: a restored VM
     /// continues the loop without printing the message again).
     Dots,
+    /// Echo every byte received on COM1 back to it, forever (polling LSR.DR).
+    Echo,
 }
+
+/// Bytes of code before the message.
+const CODE_SLOT: usize = 64;
 
 const LOAD: u32 = 0x10_0000;
 const CODE_OFFSET: usize = 0x100;
 
 fn code(msg: &[u8], ending: Ending) -> Vec<u8> {
-    let msg_addr = LOAD + 32;
+    let msg_addr = LOAD + CODE_SLOT as u32;
     let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
     c.push(0xbe); // mov esi, msg
     c.extend_from_slice(&msg_addr.to_le_bytes());
@@ -37,10 +42,20 @@ fn code(msg: &[u8], ending: Ending) -> Vec<u8> {
         Ending::I8042Reset => c.extend_from_slice(&[0x66, 0xba, 0x64, 0x00, 0xb0, 0xfe, 0xee]),
         Ending::Halt => {}
         Ending::Dots => c.extend_from_slice(&[0xb0, b'.', 0xee, 0xeb, 0xfb]), // mov al,'.'; out; jmp
+        Ending::Echo => c.extend_from_slice(&[
+            0x66, 0xba, 0xfd, 0x03, // L: mov dx, 0x3fd (LSR)
+            0xec, // in al, dx
+            0xa8, 0x01, // test al, 1 (data ready)
+            0x74, 0xf7, // jz L
+            0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+            0xec, // in al, dx (RBR)
+            0xee, // out dx, al (THR)
+            0xeb, 0xef, // jmp L
+        ]),
     }
     c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
-    assert!(c.len() <= 32, "test kernel code outgrew its slot");
-    c.resize(32, 0x90);
+    assert!(c.len() <= CODE_SLOT, "test kernel code outgrew its slot");
+    c.resize(CODE_SLOT, 0x90);
     c.extend_from_slice(msg);
     c.push(0);
     c

@@ -4,9 +4,11 @@
 //! starts the threads (vCPUs, control socket) and runs the event loop
 //! (serial input, stop) on the main thread until the VM stops.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
@@ -273,10 +275,67 @@ impl Drop for RawTerminal {
     }
 }
 
+/// A new pseudo-terminal for the serial console: the master (non-blocking,
+/// the monitor's side), the slave held open so that the master never reports
+/// hang-up while no terminal program is attached, and the slave's path.
+/// Both ends are in raw mode: bytes pass unchanged in both directions.
+fn open_pty() -> Result<(File, File, PathBuf)> {
+    let os_err = |what: &str| anyhow!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: posix_openpt returns a new fd or -1; checked.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(os_err("cannot open a pseudo-terminal (posix_openpt)"));
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let master = unsafe { File::from_raw_fd(fd) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: grantpt/unlockpt take the master fd; ptsname_r writes at most
+    // `name.len()` bytes (NUL included) into the buffer, which outlives the call.
+    unsafe {
+        if libc::grantpt(fd) != 0 || libc::unlockpt(fd) != 0 {
+            return Err(os_err("cannot unlock the pseudo-terminal"));
+        }
+        if libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) != 0 {
+            return Err(os_err("cannot name the pseudo-terminal"));
+        }
+    }
+    // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated string.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(path.to_bytes()));
+    let slave = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: termios calls on the slave fd with a valid, initialised termios;
+    // fcntl on the master fd. Results are checked.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(slave.as_raw_fd(), &mut t) != 0 {
+            return Err(os_err("tcgetattr on the pseudo-terminal"));
+        }
+        libc::cfmakeraw(&mut t);
+        if libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t) != 0 {
+            return Err(os_err("tcsetattr on the pseudo-terminal"));
+        }
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(os_err("making the pseudo-terminal non-blocking"));
+        }
+    }
+    Ok((master, slave, path))
+}
+
 /// Serial input sources the event loop watches.
 enum SerialInput {
     None,
     Stdin,
+    /// The pseudo-terminal's master; the slave is only kept open.
+    Pty {
+        master: Arc<File>,
+        _slave: File,
+    },
     Socket {
         listener: UnixListener,
         client: Arc<Mutex<Option<UnixStream>>>,
@@ -419,6 +478,13 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("cannot create eventfd")?;
     vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
         .context("KVM_IRQFD for COM1")?;
+    // What `describe` reports as the console.
+    let mut serial_desc = match &cli.serial {
+        SerialSpec::Stdout => "stdout".to_string(),
+        SerialSpec::File(p) => format!("file:{}", p.display()),
+        SerialSpec::Socket(p) => format!("socket:{}", p.display()),
+        SerialSpec::Pty | SerialSpec::None => "none".to_string(),
+    };
     let (out, input) = match &cli.serial {
         SerialSpec::Stdout => (
             SerialOut::Stdout(std::io::stdout()),
@@ -448,6 +514,19 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
             (
                 SerialOut::Socket(client.clone()),
                 SerialInput::Socket { listener, client },
+            )
+        }
+        SerialSpec::Pty => {
+            let (master, slave, path) = open_pty()?;
+            eprintln!("bulkhead-vmm: serial console on {}", path.display());
+            serial_desc = format!("pty:{}", path.display());
+            let master = Arc::new(master);
+            (
+                SerialOut::Pty(master.clone()),
+                SerialInput::Pty {
+                    master,
+                    _slave: slave,
+                },
             )
         }
         SerialSpec::None => (SerialOut::Sink, SerialInput::None),
@@ -587,6 +666,7 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
         vm: vm.clone(),
         mem: mem.clone(),
         serial: serial.clone(),
+        serial_desc,
         snapshot_dir: snapshot_dir.clone(),
     });
 
@@ -673,6 +753,7 @@ const TOKEN_EXIT: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_SERIAL_LISTENER: u64 = 3;
 const TOKEN_SERIAL_CLIENT: u64 = 4;
+const TOKEN_SERIAL_PTY: u64 = 5;
 
 fn epoll_add(ep: &Epoll, fd: RawFd, token: u64) -> Result<()> {
     ep.ctl(
@@ -699,6 +780,9 @@ fn event_loop(
         }
         SerialInput::Socket { listener, .. } => {
             epoll_add(&ep, listener.as_raw_fd(), TOKEN_SERIAL_LISTENER)?;
+        }
+        SerialInput::Pty { master, .. } => {
+            epoll_add(&ep, master.as_raw_fd(), TOKEN_SERIAL_PTY)?;
         }
         SerialInput::None => {}
     }
@@ -733,6 +817,24 @@ fn event_loop(
                             stdin_open = false;
                         }
                         Ok(k) => feed(&buf[..k]),
+                    }
+                }
+                TOKEN_SERIAL_PTY => {
+                    if let SerialInput::Pty { master, .. } = &input {
+                        match (&**master).read(&mut buf) {
+                            Ok(k) if k > 0 => feed(&buf[..k]),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            // Cannot happen while we hold the slave open; do
+                            // not spin on a terminal that keeps reporting it.
+                            _ => {
+                                let _ = ep.ctl(
+                                    ControlOperation::Delete,
+                                    master.as_raw_fd(),
+                                    EpollEvent::default(),
+                                );
+                            }
+                        }
                     }
                 }
                 TOKEN_SERIAL_LISTENER => {
@@ -1146,6 +1248,66 @@ mod tests {
         } else {
             assert_eq!(r.unwrap(), ExitReason::PowerOff);
             assert_eq!(text, [0x82]);
+        }
+    }
+
+    #[test]
+    fn serial_pty_carries_output_and_input() {
+        if !kvm_available() {
+            return;
+        }
+        let k = tmp("spty.elf");
+        std::fs::write(&k, pvh_elf(b"ready\n", Ending::Echo)).unwrap();
+        let api = tmp("spty-api.sock");
+        let args: Vec<String> = vec![
+            "--kernel".into(),
+            k.display().to_string(),
+            "--mem".into(),
+            "32M".into(),
+            "--serial".into(),
+            "pty".into(),
+            "--api-sock".into(),
+            api.display().to_string(),
+            "--no-jail".into(),
+        ];
+        let vm = std::thread::spawn(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(cli(&a))
+        });
+        let mut s = connect(&api, &vm);
+        let desc = request(&mut s, r#"{"op":"describe"}"#);
+        let path = desc["serial"]
+            .as_str()
+            .and_then(|d| d.strip_prefix("pty:"))
+            .unwrap_or_else(|| panic!("describe has no pty: {desc}"))
+            .to_string();
+        let mut tty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // Output written before anyone opened the terminal waited in its buffer.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !got.ends_with(b"ready\n") {
+            let n = tty.read(&mut buf).unwrap();
+            assert!(n > 0, "pty closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        // Input reaches the guest's UART, which echoes it: raw mode both ways.
+        std::io::Write::write_all(&mut tty, b"ping\r\n").unwrap();
+        got.clear();
+        while got.len() < 6 {
+            let n = tty.read(&mut buf).unwrap();
+            assert!(n > 0, "pty closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"ping\r\n");
+        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        assert_eq!(vm.join().unwrap().unwrap(), 0);
+        for p in [&k, &api] {
+            let _ = std::fs::remove_file(p);
         }
     }
 

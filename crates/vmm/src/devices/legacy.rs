@@ -32,6 +32,11 @@ pub enum SerialOut {
     /// The currently connected client of the serial socket, if any. Output
     /// while nobody is connected is dropped.
     Socket(Arc<Mutex<Option<UnixStream>>>),
+    /// The master side of a pseudo-terminal (non-blocking). The monitor
+    /// holds the slave open too, so output waits in the terminal's buffer
+    /// for a reader; once that is full, further output is dropped rather
+    /// than stalling the vCPU.
+    Pty(Arc<File>),
     Sink,
 }
 
@@ -48,6 +53,10 @@ impl Write for SerialOut {
                         *g = None;
                     }
                 }
+                Ok(buf.len())
+            }
+            SerialOut::Pty(m) => {
+                let _ = (&**m).write(buf);
                 Ok(buf.len())
             }
             SerialOut::Sink => Ok(buf.len()),
