@@ -1,4 +1,5 @@
-//! PVH entry: the 32-bit start code, GDT, identity page tables (first 4 GiB, 2 MiB pages),
+//! PVH entry: the 32-bit start code, GDT, identity page tables (first 4 GiB; 1 GiB pages when
+//! the CPU has them, else 2 MiB pages),
 //! the switch to long mode, the stack, the exception vectors, and the ELF note
 //! (`XEN_ELFNOTE_PHYS32_ENTRY`) that makes the ELF bootable through PVH.
 //!
@@ -8,7 +9,7 @@
 //!
 //! On entry (PVH ABI): 32-bit protected mode, paging off, flat segments, `EBX` = guest
 //! physical address of `hvm_start_info`. The code keeps `EBX` untouched and passes it to
-//! `guest_main` as its first argument. SSE is switched on (CR0.MP, CR4.OSFXSR/OSXMMEXCPT,
+//! `guest_main` as its first argument (around `cpuid`, which clobbers it, a copy waits in `EBP`). SSE is switched on (CR0.MP, CR4.OSFXSR/OSXMMEXCPT,
 //! CR0.EM off) because the compiler targets x86_64-linux, which assumes SSE2.
 //! No instruction that kvm_pvm cannot emulate is used (no xsave, cmpxchg16b, int3, clac/stac).
 
@@ -85,6 +86,29 @@ pvh_start:
     orl $3, %eax
     movl %eax, pvh_pml4
 
+    # 1 GiB pages when the CPU has them (CPUID 0x80000001 EDX bit 26): four
+    # PDPT entries instead of 2048 PD entries, which matters where every
+    # instruction is emulated. cpuid clobbers EBX, the start_info pointer.
+    movl %ebx, %ebp
+    movl $0x80000000, %eax
+    cpuid
+    cmpl $0x80000001, %eax
+    jb .Lpvh_2m_pages
+    movl $0x80000001, %eax
+    cpuid
+    btl $26, %edx
+    jnc .Lpvh_2m_pages
+    movl %ebp, %ebx
+    movl $pvh_pdpt, %edi
+    movl $0x00000083, (%edi)
+    movl $0x40000083, 8(%edi)
+    movl $0x80000083, 16(%edi)
+    # The 4th GiB (MMIO, APICs) uncached: PCD|PWT.
+    movl $0xc000009b, 24(%edi)
+    jmp .Lpvh_pages_done
+.Lpvh_2m_pages:
+    movl %ebp, %ebx
+
     movl $pvh_pdpt, %edi
     movl $pvh_pd, %eax
     orl $3, %eax
@@ -127,6 +151,7 @@ pvh_start:
     addl $32, %edi
     decl %ecx
     jnz .Lpvh_pd_mmio_loop
+.Lpvh_pages_done:
 
     movl %cr4, %eax
     orl $0x620, %eax

@@ -906,6 +906,31 @@ mod tests {
         true
     }
 
+    /// Runs the monitor with `args` in this process, on a thread of its own.
+    fn spawn_vm(args: Vec<String>) -> std::thread::JoinHandle<Result<i32>> {
+        std::thread::spawn(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(cli(&a))
+        })
+    }
+
+    /// Arguments for a 32 MiB, unjailed VM with a control socket.
+    fn small_vm_args(kernel: &Path, serial: &str, api: &Path) -> Vec<String> {
+        [
+            "--kernel",
+            &kernel.display().to_string(),
+            "--mem",
+            "32M",
+            "--serial",
+            serial,
+            "--api-sock",
+            &api.display().to_string(),
+            "--no-jail",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("bulkhead-vm-{}-{name}", std::process::id()))
     }
@@ -1153,10 +1178,7 @@ mod tests {
             sock1.display().to_string(),
             "--no-jail".into(),
         ];
-        let vm1 = std::thread::spawn(move || {
-            let a: Vec<&str> = args1.iter().map(String::as_str).collect();
-            run(cli(&a))
-        });
+        let vm1 = spawn_vm(args1);
         wait_for(&out1, "hello\n.", &vm1);
         let mut s = connect(&sock1, &vm1);
         let d = dir.display().to_string();
@@ -1185,10 +1207,7 @@ mod tests {
             sock2.display().to_string(),
             "--no-jail".into(),
         ];
-        let vm2 = std::thread::spawn(move || {
-            let a: Vec<&str> = args2.iter().map(String::as_str).collect();
-            run(cli(&a))
-        });
+        let vm2 = spawn_vm(args2);
         // The restored guest continues its loop: dots, no new greeting.
         let text = wait_for(&out2, "...", &vm2);
         assert!(
@@ -1259,21 +1278,8 @@ mod tests {
         let k = tmp("spty.elf");
         std::fs::write(&k, pvh_elf(b"ready\n", Ending::Echo)).unwrap();
         let api = tmp("spty-api.sock");
-        let args: Vec<String> = vec![
-            "--kernel".into(),
-            k.display().to_string(),
-            "--mem".into(),
-            "32M".into(),
-            "--serial".into(),
-            "pty".into(),
-            "--api-sock".into(),
-            api.display().to_string(),
-            "--no-jail".into(),
-        ];
-        let vm = std::thread::spawn(move || {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            run(cli(&a))
-        });
+        let args = small_vm_args(&k, "pty", &api);
+        let vm = spawn_vm(args);
         let mut s = connect(&api, &vm);
         let desc = request(&mut s, r#"{"op":"describe"}"#);
         let path = desc["serial"]
@@ -1319,21 +1325,8 @@ mod tests {
         let k = tmp("ssock.elf");
         std::fs::write(&k, pvh_elf(b"hi\n", Ending::Dots)).unwrap();
         let (ser, api) = (tmp("ser.sock"), tmp("ser-api.sock"));
-        let args: Vec<String> = vec![
-            "--kernel".into(),
-            k.display().to_string(),
-            "--mem".into(),
-            "32M".into(),
-            "--serial".into(),
-            format!("socket:{}", ser.display()),
-            "--api-sock".into(),
-            api.display().to_string(),
-            "--no-jail".into(),
-        ];
-        let vm = std::thread::spawn(move || {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            run(cli(&a))
-        });
+        let args = small_vm_args(&k, &format!("socket:{}", ser.display()), &api);
+        let vm = spawn_vm(args);
         let mut client = connect(&ser, &vm);
         let mut got = Vec::new();
         let mut buf = [0u8; 256];

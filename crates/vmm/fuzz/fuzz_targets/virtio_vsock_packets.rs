@@ -2,7 +2,8 @@
 //! packets the guest puts on the tx queue (headers and payloads entirely
 //! attacker-chosen, optionally split over descriptors or with the wrong
 //! direction), interleaved with a host client doing the `CONNECT` handshake
-//! and sending data. Host services exist on ports 1 (accepting) and 2
+//! and sending data, and time passing (every vsock deadline expires). Host
+//! services exist on ports 1 (accepting) and 2
 //! (never accepting, so its backlog fills up).
 #![no_main]
 
@@ -10,6 +11,7 @@ use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use vm_memory::Bytes;
@@ -165,7 +167,13 @@ fuzz_target!(|data: &[u8]| {
             // The host client sends data or hangs up.
             _ => {
                 let n = usize::from(inp.u8());
-                if let Some(c) = client.as_mut() {
+                if n == 1 {
+                    // Time passes: every handshake and guest-reply deadline expires.
+                    let later = Instant::now() + Duration::from_secs(3600);
+                    if dev.next_deadline().is_some_and(|d| d <= later) {
+                        dev.timer(&mut ctx, later);
+                    }
+                } else if let Some(c) = client.as_mut() {
                     if n == 0 {
                         client = None;
                     } else {
