@@ -191,7 +191,7 @@ pub fn handle_request(line: &str, ctx: &ApiContext) -> Value {
                 return error(&e);
             }
             match take_snapshot(std::path::Path::new(dir), ctx) {
-                Ok(()) => json!({"ok": true, "dir": dir}),
+                Ok(written) => json!({"ok": true, "dir": dir, "memory_bytes_written": written}),
                 Err(e) => error(&format!("snapshot failed: {e:#}")),
             }
         }
@@ -230,7 +230,8 @@ fn check_snapshot_dir(dir: &std::path::Path, ctx: &ApiContext) -> Result<(), Str
     }
 }
 
-fn take_snapshot(dir: &std::path::Path, ctx: &ApiContext) -> anyhow::Result<()> {
+/// Writes the snapshot; returns the bytes of guest memory written.
+fn take_snapshot(dir: &std::path::Path, ctx: &ApiContext) -> anyhow::Result<u64> {
     let vcpus = ctx.control.states().map_err(anyhow::Error::msg)?;
     let (irqchip, clock) = snapshot::save_vm(&ctx.vm)?;
     let serial = {

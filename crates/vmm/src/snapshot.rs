@@ -1,9 +1,15 @@
 //! Snapshots of a paused VM: guest memory as a raw file (`memory`, regions
-//! in address order) and everything else as JSON (`state.json`): per-vCPU
+//! in address order, sparse: all-zero blocks are holes) and everything else
+//! as JSON (`state.json`): per-vCPU
 //! registers, special registers, FPU, LAPIC, XCRs, pending events, MP state
 //! and MSRs; the VM's irqchip (PIC, IOAPIC) and clock; the serial port; and
 //! each virtio transport's own JSON state. KVM structures are stored as hex
 //! of their kernel ABI bytes (via `zerocopy`), which is what KVM hands back.
+//!
+//! Both files are written to temporary names and renamed into place, so a
+//! snapshot directory holds either the old snapshot or the new one, and a VM
+//! restored from `memory` (mapped copy-on-write, see [`open_memory`]) never sees
+//! that file truncated under it when a new snapshot goes to the same place.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -18,7 +24,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_superio::serial::SerialState;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
@@ -317,24 +323,78 @@ pub fn restore_vm(vm: &VmFd, chips: &[String], clock: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes `memory` and `state.json` into `dir` (created if needed).
-pub fn write(dir: &Path, mem: &GuestMemoryMmap, snap: &VmSnapshot) -> Result<()> {
+/// Granularity of the zero-block check when writing memory.
+const MEMORY_BLOCK: usize = 64 << 10;
+
+/// Writes guest memory to `f` (already sized to the whole memory), skipping
+/// all-zero blocks, which stay holes. Returns the bytes written.
+fn write_memory_sparse(f: &File, mem: &GuestMemoryMmap) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; MEMORY_BLOCK];
+    let mut file_off = 0u64;
+    let mut written = 0u64;
+    for region in mem.iter() {
+        let mut done = 0u64;
+        while done < region.len() {
+            let n = (region.len() - done).min(MEMORY_BLOCK as u64) as usize;
+            let block = &mut buf[..n];
+            mem.read_slice(block, region.start_addr().unchecked_add(done))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if block.iter().any(|&b| b != 0) {
+                f.write_all_at(block, file_off + done)?;
+                written += n as u64;
+            }
+            done += n as u64;
+        }
+        file_off += region.len();
+    }
+    Ok(written)
+}
+
+/// Writes `path` through `path.tmp` + rename; `fill` writes the content.
+fn write_replacing(path: &Path, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let res = fill(&mut f).and_then(|()| {
+        f.sync_all()
+            .with_context(|| format!("cannot sync {}", tmp.display()))
+    });
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// Writes `memory` and `state.json` into `dir` (created if needed). Returns
+/// the bytes of guest memory actually written (all-zero blocks are skipped).
+pub fn write(dir: &Path, mem: &GuestMemoryMmap, snap: &VmSnapshot) -> Result<u64> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create snapshot directory {}", dir.display()))?;
     let mpath = dir.join("memory");
-    let mut f =
-        File::create(&mpath).with_context(|| format!("cannot create {}", mpath.display()))?;
-    for region in mem.iter() {
-        mem.write_all_volatile_to(region.start_addr(), &mut f, region.len() as usize)
-            .map_err(|e| anyhow!("writing {}: {e}", mpath.display()))?;
-    }
-    f.sync_all().ok();
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    let mut written = 0;
+    write_replacing(&mpath, |f| {
+        f.set_len(total)
+            .with_context(|| format!("cannot size {}", mpath.display()))?;
+        written = write_memory_sparse(f, mem)
+            .with_context(|| format!("cannot write {}", mpath.display()))?;
+        Ok(())
+    })?;
     let spath = dir.join("state.json");
-    let mut s =
-        File::create(&spath).with_context(|| format!("cannot create {}", spath.display()))?;
-    serde_json::to_writer(&mut s, snap)?;
-    s.write_all(b"\n")?;
-    Ok(())
+    write_replacing(&spath, |f| {
+        serde_json::to_writer(&mut *f, snap)?;
+        f.write_all(b"\n")?;
+        Ok(())
+    })?;
+    // Make the renames durable.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(written)
 }
 
 /// Reads `state.json` from `dir`.
@@ -356,23 +416,27 @@ pub fn read_state(dir: &Path) -> Result<VmSnapshot> {
     Ok(snap)
 }
 
-/// Fills guest memory from `dir/memory`.
-pub fn read_memory(dir: &Path, mem: &GuestMemoryMmap) -> Result<()> {
+/// Opens `dir/memory` for a restore and checks that it holds `mem_size`
+/// bytes. The caller maps it copy-on-write (`MAP_PRIVATE`) as guest memory:
+/// pages are read from the file when the guest first touches them, the
+/// guest's writes never reach the file, and a restore costs no copy.
+pub fn open_memory(dir: &Path, mem_size: u64) -> Result<File> {
     let mpath = dir.join("memory");
-    let mut f = File::open(&mpath).with_context(|| format!("cannot open {}", mpath.display()))?;
-    let want: u64 = mem.iter().map(|r| r.len()).sum();
-    let have = f.metadata()?.len();
-    if have != want {
+    let f = File::open(&mpath).with_context(|| format!("cannot open {}", mpath.display()))?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("cannot stat {}", mpath.display()))?;
+    if !meta.is_file() {
+        bail!("snapshot memory {} is not a regular file", mpath.display());
+    }
+    if meta.len() != mem_size {
         bail!(
-            "snapshot memory {} has {have} bytes, the VM has {want}",
-            mpath.display()
+            "snapshot memory {} has {} bytes, the snapshot's VM has {mem_size}",
+            mpath.display(),
+            meta.len()
         );
     }
-    for region in mem.iter() {
-        mem.read_exact_volatile_from(region.start_addr(), &mut f, region.len() as usize)
-            .map_err(|e| anyhow!("reading {}: {e}", mpath.display()))?;
-    }
-    Ok(())
+    Ok(f)
 }
 
 #[cfg(test)]

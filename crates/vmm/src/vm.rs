@@ -17,7 +17,11 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Context, Result};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -188,17 +192,46 @@ impl Drop for MemslotRegistration {
     }
 }
 
+/// Guest RAM: anonymous memory, or with `backing` (a snapshot's `memory`
+/// file, regions in address order) a private copy-on-write mapping of it.
+fn map_guest_memory(mem_size: u64, backing: Option<&File>) -> Result<GuestMemoryMmap> {
+    let cannot = || format!("cannot allocate {} MiB of guest memory", mem_size >> 20);
+    let ranges = layout::ram_ranges(mem_size);
+    let Some(file) = backing else {
+        let ranges: Vec<(GuestAddress, usize)> = ranges
+            .into_iter()
+            .map(|(a, l)| (GuestAddress(a), l as usize))
+            .collect();
+        return GuestMemoryMmap::from_ranges(&ranges).with_context(cannot);
+    };
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (addr, len) in ranges {
+        let file = file
+            .try_clone()
+            .context("duplicating the snapshot memory file")?;
+        let region = MmapRegionBuilder::new(len as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_file_offset(FileOffset::new(file, offset))
+            .build()
+            .with_context(cannot)?;
+        regions.push(
+            GuestRegionMmap::new(region, GuestAddress(addr))
+                .context("guest memory region overflows")?,
+        );
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).with_context(cannot)
+}
+
 fn create_guest_memory(
     kvm: &Kvm,
     vm: &VmFd,
     mem_size: u64,
+    backing: Option<&File>,
 ) -> Result<(GuestMemoryMmap, MemslotRegistration)> {
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_size)
-        .into_iter()
-        .map(|(a, l)| (GuestAddress(a), l as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges)
-        .with_context(|| format!("cannot allocate {} MiB of guest memory", mem_size >> 20))?;
+    let mem = map_guest_memory(mem_size, backing)?;
     let mut regions = Vec::new();
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
@@ -363,6 +396,11 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     {
         bail!("snapshot memory size {mem_size} bytes is invalid or exceeds the host's memory");
     }
+    // Opened before KVM is touched, so a missing or short file fails early.
+    let snap_memory = match &cli.restore {
+        Some(dir) => Some(snapshot::open_memory(dir, mem_size)?),
+        None => None,
+    };
     let vcpu_count = match &snap {
         Some(s) => u32::try_from(s.vcpus.len())
             .ok()
@@ -379,7 +417,7 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     let pvm = cpu::host_is_pvm();
     let vm = kvm.create_vm().context("KVM_CREATE_VM failed")?;
     // First, so that the memslot registration's wait overlaps everything else.
-    let (mem, mut memslots) = create_guest_memory(&kvm, &vm, mem_size)?;
+    let (mem, mut memslots) = create_guest_memory(&kvm, &vm, mem_size, snap_memory.as_ref())?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
         .context("KVM_SET_IDENTITY_MAP_ADDR")?;
     vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
@@ -444,8 +482,8 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
 
     // ACPI and boot (or the snapshot's memory).
     let entry = match (&snap, &cli.restore) {
-        (Some(_), Some(dir)) => {
-            snapshot::read_memory(dir, &mem)?;
+        (Some(_), Some(_)) => {
+            // Guest memory already maps the snapshot's `memory`.
             if let Some(p) = &cli.dump_dsdt {
                 std::fs::write(p, acpi::build_dsdt(&infos))
                     .with_context(|| format!("cannot write DSDT to {}", p.display()))?;
@@ -1192,10 +1230,19 @@ mod tests {
         assert_eq!(snap["ok"], true, "{snap}");
         assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
         assert_eq!(vm1.join().unwrap().unwrap(), 0);
-        assert_eq!(
-            std::fs::metadata(dir.join("memory")).unwrap().len(),
-            32 << 20
+        let meta = std::fs::metadata(dir.join("memory")).unwrap();
+        assert_eq!(meta.len(), 32 << 20);
+        // Sparse: the tiny guest touched a few pages; untouched memory is holes.
+        let written = snap["memory_bytes_written"]
+            .as_u64()
+            .expect("bytes written");
+        assert!(written > 0 && written < 4 << 20, "{snap}");
+        assert!(
+            std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 8 << 20,
+            "memory file is not sparse: {} blocks",
+            std::os::unix::fs::MetadataExt::blocks(&meta)
         );
+        assert!(!dir.join("memory.tmp").exists() && !dir.join("state.json.tmp").exists());
 
         let args2: Vec<String> = vec![
             "--restore".into(),
@@ -1218,8 +1265,42 @@ mod tests {
         let desc = request(&mut s, r#"{"op":"describe"}"#);
         assert_eq!(desc["vcpus"], 2);
         assert_eq!(desc["memory"], 32u64 << 20);
+        // The restored VM runs on a copy-on-write mapping of `memory`; a new
+        // snapshot into the same directory replaces the file (rename), never
+        // truncates it under the running guest, which carries on.
+        assert_eq!(request(&mut s, r#"{"op":"pause"}"#)["state"], "paused");
+        let again = request(&mut s, &format!(r#"{{"op":"snapshot","dir":"{d}"}}"#));
+        assert_eq!(again["ok"], true, "{again}");
+        let before = std::fs::read(&out2).unwrap().len();
+        assert_eq!(request(&mut s, r#"{"op":"resume"}"#)["state"], "running");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::fs::read(&out2).unwrap().len() < before + 3 {
+            assert!(
+                std::time::Instant::now() < deadline && !vm2.is_finished(),
+                "the restored guest stopped after a snapshot into its own directory"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
         assert_eq!(vm2.join().unwrap().unwrap(), 0);
+        // And that second snapshot restores too.
+        let _ = std::fs::remove_file(&out2);
+        let args3: Vec<String> = vec![
+            "--restore".into(),
+            d.clone(),
+            "--rng".into(),
+            "--serial".into(),
+            format!("file:{}", out2.display()),
+            "--api-sock".into(),
+            sock2.display().to_string(),
+            "--no-jail".into(),
+        ];
+        let vm3 = spawn_vm(args3);
+        let text = wait_for(&out2, "...", &vm3);
+        assert!(!text.contains("hello"), "{text:?}");
+        let mut s = connect(&sock2, &vm3);
+        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        assert_eq!(vm3.join().unwrap().unwrap(), 0);
 
         // A device list that does not match the snapshot is refused.
         let e = run(cli(&["--restore", &d, "--serial", "none", "--no-jail"])).unwrap_err();
