@@ -572,7 +572,7 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     let serial = match &snap {
         Some(s) => SerialDevice::from_state(serial_irq, out, &SerialState::from(&s.serial))
             .map_err(anyhow::Error::msg)?,
-        None => SerialDevice::new(serial_irq, out),
+        None => SerialDevice::new(serial_irq, out).context("cannot create eventfd")?,
     };
     let serial = Arc::new(Mutex::new(serial));
 
@@ -792,6 +792,7 @@ const TOKEN_STDIN: u64 = 2;
 const TOKEN_SERIAL_LISTENER: u64 = 3;
 const TOKEN_SERIAL_CLIENT: u64 = 4;
 const TOKEN_SERIAL_PTY: u64 = 5;
+const TOKEN_SERIAL_DRAINED: u64 = 6;
 
 fn epoll_add(ep: &Epoll, fd: RawFd, token: u64) -> Result<()> {
     ep.ctl(
@@ -811,6 +812,13 @@ fn event_loop(
     let ep = Epoll::new().context("epoll_create")?;
     epoll_add(&ep, control.exit_evt.as_raw_fd(), TOKEN_EXIT)?;
     let mut stdin_open = false;
+    if !matches!(input, SerialInput::None) {
+        let fd = serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drained_fd();
+        epoll_add(&ep, fd, TOKEN_SERIAL_DRAINED)?;
+    }
     match &input {
         SerialInput::Stdin => {
             epoll_add(&ep, 0, TOKEN_STDIN)?;
@@ -856,6 +864,10 @@ fn event_loop(
                         }
                         Ok(k) => feed(&buf[..k]),
                     }
+                }
+                TOKEN_SERIAL_DRAINED => {
+                    let mut s = serial.lock().unwrap_or_else(|e| e.into_inner());
+                    s.input_drained();
                 }
                 TOKEN_SERIAL_PTY => {
                     if let SerialInput::Pty { master, .. } = &input {
@@ -1382,15 +1394,26 @@ mod tests {
             assert!(n > 0, "pty closed");
             got.extend_from_slice(&buf[..n]);
         }
-        // Input reaches the guest's UART, which echoes it: raw mode both ways.
-        std::io::Write::write_all(&mut tty, b"ping\r\n").unwrap();
+        // Input reaches the guest's UART, which echoes it: raw mode both ways,
+        // and a paste longer than the 64-byte FIFO arrives whole.
+        let paste: Vec<u8> = (0..300u32)
+            .map(|i| {
+                if i % 50 == 49 {
+                    b'\n'
+                } else {
+                    b' ' + (i % 90) as u8
+                }
+            })
+            .chain(*b"\r\n")
+            .collect();
+        std::io::Write::write_all(&mut tty, &paste).unwrap();
         got.clear();
-        while got.len() < 6 {
+        while got.len() < paste.len() {
             let n = tty.read(&mut buf).unwrap();
             assert!(n > 0, "pty closed");
             got.extend_from_slice(&buf[..n]);
         }
-        assert_eq!(got, b"ping\r\n");
+        assert_eq!(got, paste);
         assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
         assert_eq!(vm.join().unwrap().unwrap(), 0);
         for p in [&k, &api] {

@@ -7,7 +7,10 @@ use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use vm_superio::serial::NoEvents;
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
+
+use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -71,16 +74,38 @@ impl Write for SerialOut {
     }
 }
 
+/// Signals (through an eventfd the event loop watches) that the guest read
+/// the UART's last received byte, so more host input can go in.
+pub struct InputDrained(Arc<EventFd>);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        let _ = self.0.write(1);
+    }
+}
+
+/// Host input held back while the UART's 64-byte FIFO is full, at most.
+pub const SERIAL_INPUT_BACKLOG: usize = 64 << 10;
+
 /// COM1.
 pub struct SerialDevice {
-    pub serial: Serial<IrqTrigger, NoEvents, SerialOut>,
+    pub serial: Serial<IrqTrigger, InputDrained, SerialOut>,
+    /// Host input waiting for room in the FIFO (a paste longer than 64 bytes).
+    backlog: VecDeque<u8>,
+    drained: Arc<EventFd>,
 }
 
 impl SerialDevice {
-    pub fn new(irq: EventFd, out: SerialOut) -> Self {
-        SerialDevice {
-            serial: Serial::new(IrqTrigger(irq), out),
-        }
+    pub fn new(irq: EventFd, out: SerialOut) -> io::Result<Self> {
+        let drained = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        Ok(SerialDevice {
+            serial: Serial::with_events(IrqTrigger(irq), InputDrained(drained.clone()), out),
+            backlog: VecDeque::new(),
+            drained,
+        })
     }
 
     /// COM1 with register state from a snapshot.
@@ -89,20 +114,58 @@ impl SerialDevice {
         out: SerialOut,
         state: &vm_superio::serial::SerialState,
     ) -> Result<Self, String> {
-        Serial::from_state(state, IrqTrigger(irq), NoEvents, out)
-            .map(|serial| SerialDevice { serial })
+        let drained = Arc::new(
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("cannot create eventfd: {e}"))?,
+        );
+        Serial::from_state(state, IrqTrigger(irq), InputDrained(drained.clone()), out)
+            .map(|serial| SerialDevice {
+                serial,
+                backlog: VecDeque::new(),
+                drained,
+            })
             .map_err(|e| format!("serial state in snapshot: {e:?}"))
     }
 
-    /// Queues host input for the guest; bytes beyond the FIFO's free space
-    /// are dropped (the 16550 would overrun too). Returns how many were queued.
+    /// Queues host input for the guest: what fits goes into the FIFO now, the
+    /// rest waits (up to [`SERIAL_INPUT_BACKLOG`] bytes; beyond that input is
+    /// dropped, as a real UART overruns) until the guest has read the FIFO
+    /// empty ([`SerialDevice::input_drained`]). Returns how many bytes were
+    /// accepted.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
-        let room = self.serial.fifo_capacity();
-        let n = room.min(bytes.len());
-        if n == 0 {
-            return 0;
+        let n = bytes
+            .len()
+            .min(SERIAL_INPUT_BACKLOG.saturating_sub(self.backlog.len()));
+        self.backlog.extend(&bytes[..n]);
+        self.pump();
+        n
+    }
+
+    /// The eventfd that becomes readable when the guest emptied the FIFO.
+    pub fn drained_fd(&self) -> RawFd {
+        self.drained.as_raw_fd()
+    }
+
+    /// Call when [`SerialDevice::drained_fd`] is readable: moves waiting
+    /// input into the FIFO.
+    pub fn input_drained(&mut self) {
+        let _ = self.drained.read();
+        self.pump();
+    }
+
+    /// Bytes waiting for room in the FIFO.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    fn pump(&mut self) {
+        let room = self.serial.fifo_capacity().min(self.backlog.len());
+        if room == 0 {
+            return;
         }
-        self.serial.enqueue_raw_bytes(&bytes[..n]).unwrap_or(0)
+        let chunk: Vec<u8> = self.backlog.iter().take(room).copied().collect();
+        if let Ok(n) = self.serial.enqueue_raw_bytes(&chunk) {
+            self.backlog.drain(..n);
+        }
     }
 }
 
@@ -258,7 +321,7 @@ mod tests {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let path = std::env::temp_dir().join(format!("bulkhead-serial-{}", std::process::id()));
         let f = File::create(&path).unwrap();
-        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), SerialOut::File(f));
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), SerialOut::File(f)).unwrap();
         for b in b"hi\n" {
             dev.write(0, &[*b]);
         }
@@ -271,5 +334,44 @@ mod tests {
         let mut d = [0u8];
         dev.read(0, &mut d);
         assert_eq!(d, [b'a']);
+    }
+
+    #[test]
+    fn serial_input_longer_than_the_fifo_waits_for_the_guest() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(irq, SerialOut::Sink).unwrap();
+        let paste: Vec<u8> = (0..200u32).map(|i| b'a' + (i % 26) as u8).collect();
+        assert_eq!(dev.enqueue_input(&paste), 200);
+        assert_eq!(dev.backlog(), 200 - 64);
+        // The guest reads until LSR says no data; each time the FIFO runs dry
+        // the event loop is told and refills it.
+        let mut got = Vec::new();
+        let drained = {
+            let fd = dev.drained_fd();
+            move || {
+                let mut v = 0u64;
+                // SAFETY: reads 8 bytes from the device's own non-blocking eventfd.
+                unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) == 8 }
+            }
+        };
+        loop {
+            let mut lsr = [0u8];
+            dev.read(5, &mut lsr);
+            if lsr[0] & 1 == 0 {
+                if dev.backlog() == 0 {
+                    break;
+                }
+                assert!(drained(), "no drained event with input waiting");
+                dev.input_drained();
+                continue;
+            }
+            let mut b = [0u8];
+            dev.read(0, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, paste);
+        // Beyond the backlog limit input is dropped, and said so.
+        let big = vec![b'x'; SERIAL_INPUT_BACKLOG + 100];
+        assert_eq!(dev.enqueue_input(&big), SERIAL_INPUT_BACKLOG);
     }
 }
