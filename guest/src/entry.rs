@@ -1,5 +1,5 @@
-//! PVH entry: the 32-bit start code, GDT, identity page tables (first 4 GiB; 1 GiB pages when
-//! the CPU has them, else 2 MiB pages),
+//! PVH entry: the 32-bit start code, GDT, identity page tables (first 4 GiB, 2 MiB pages,
+//! laid out by the assembler),
 //! the switch to long mode, the stack, the exception vectors, and the ELF note
 //! (`XEN_ELFNOTE_PHYS32_ENTRY`) that makes the ELF bootable through PVH.
 //!
@@ -9,7 +9,7 @@
 //!
 //! On entry (PVH ABI): 32-bit protected mode, paging off, flat segments, `EBX` = guest
 //! physical address of `hvm_start_info`. The code keeps `EBX` untouched and passes it to
-//! `guest_main` as its first argument (around `cpuid`, which clobbers it, a copy waits in `EBP`). SSE is switched on (CR0.MP, CR4.OSFXSR/OSXMMEXCPT,
+//! `guest_main` as its first argument. SSE is switched on (CR0.MP, CR4.OSFXSR/OSXMMEXCPT,
 //! CR0.EM off) because the compiler targets x86_64-linux, which assumes SSE2.
 //! No instruction that kvm_pvm cannot emulate is used (no xsave, cmpxchg16b, int3, clac/stac).
 
@@ -44,14 +44,35 @@ pvh_idt_ptr:
     .word 32 * 16 - 1
     .quad pvh_idt
 
-    .section .bss.pvh, "aw", @nobits
+    # Identity page tables for the first 4 GiB with 2 MiB pages, built by the
+    # assembler rather than by a loop at boot: on kvm_pvm every guest
+    # instruction before long mode is emulated (about 1 us each), and filling
+    # 2048 entries took about 5000 of them. 0-3 GiB write-back; the 4th GiB
+    # (MMIO, APICs) with PCD|PWT.
+    .section .data.pvh_pt, "aw", @progbits
     .balign 4096
 pvh_pml4:
-    .skip 4096
+    .quad pvh_pdpt + 3
+    .fill 511, 8, 0
 pvh_pdpt:
-    .skip 4096
+    .quad pvh_pd + 3
+    .quad pvh_pd + 0x1000 + 3
+    .quad pvh_pd + 0x2000 + 3
+    .quad pvh_pd + 0x3000 + 3
+    .fill 508, 8, 0
 pvh_pd:
-    .skip 4 * 4096
+    .set pvh_pd_page, 0
+    .rept 1536
+    .quad pvh_pd_page | 0x83
+    .set pvh_pd_page, pvh_pd_page + 0x200000
+    .endr
+    .rept 512
+    .quad pvh_pd_page | 0x9b
+    .set pvh_pd_page, pvh_pd_page + 0x200000
+    .endr
+
+    .section .bss.pvh, "aw", @nobits
+    .balign 4096
 pvh_idt:
     .skip 32 * 16
 
@@ -81,77 +102,6 @@ pvh_start:
     shrl $2, %ecx
     xorl %eax, %eax
     rep stosl
-
-    movl $pvh_pdpt, %eax
-    orl $3, %eax
-    movl %eax, pvh_pml4
-
-    # 1 GiB pages when the CPU has them (CPUID 0x80000001 EDX bit 26): four
-    # PDPT entries instead of 2048 PD entries, which matters where every
-    # instruction is emulated. cpuid clobbers EBX, the start_info pointer.
-    movl %ebx, %ebp
-    movl $0x80000000, %eax
-    cpuid
-    cmpl $0x80000001, %eax
-    jb .Lpvh_2m_pages
-    movl $0x80000001, %eax
-    cpuid
-    btl $26, %edx
-    jnc .Lpvh_2m_pages
-    movl %ebp, %ebx
-    movl $pvh_pdpt, %edi
-    movl $0x00000083, (%edi)
-    movl $0x40000083, 8(%edi)
-    movl $0x80000083, 16(%edi)
-    # The 4th GiB (MMIO, APICs) uncached: PCD|PWT.
-    movl $0xc000009b, 24(%edi)
-    jmp .Lpvh_pages_done
-.Lpvh_2m_pages:
-    movl %ebp, %ebx
-
-    movl $pvh_pdpt, %edi
-    movl $pvh_pd, %eax
-    orl $3, %eax
-    movl $4, %ecx
-.Lpvh_pdpt_loop:
-    movl %eax, (%edi)
-    addl $4096, %eax
-    addl $8, %edi
-    decl %ecx
-    jnz .Lpvh_pdpt_loop
-
-    # 2048 PD entries, four per iteration (every instruction may be emulated):
-    # 0-3 GiB write-back, then the 4th GiB (MMIO, APICs) with PCD|PWT.
-    movl $pvh_pd, %edi
-    movl $0x83, %eax
-    movl $384, %ecx
-.Lpvh_pd_loop:
-    movl %eax, (%edi)
-    addl $0x200000, %eax
-    movl %eax, 8(%edi)
-    addl $0x200000, %eax
-    movl %eax, 16(%edi)
-    addl $0x200000, %eax
-    movl %eax, 24(%edi)
-    addl $0x200000, %eax
-    addl $32, %edi
-    decl %ecx
-    jnz .Lpvh_pd_loop
-    orl $0x18, %eax
-    movl $128, %ecx
-.Lpvh_pd_mmio_loop:
-    movl %eax, (%edi)
-    addl $0x200000, %eax
-    movl %eax, 8(%edi)
-    addl $0x200000, %eax
-    movl %eax, 16(%edi)
-    addl $0x200000, %eax
-    movl %eax, 24(%edi)
-    addl $0x200000, %eax
-    addl $32, %edi
-    decl %ecx
-    jnz .Lpvh_pd_mmio_loop
-.Lpvh_pages_done:
 
     movl %cr4, %eax
     orl $0x620, %eax
