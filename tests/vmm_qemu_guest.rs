@@ -113,6 +113,11 @@ fn guest_passes_under_qemu_microvm() {
     );
     r.assert_all_passed();
     assert!(r.ok("cmdline").contains(cmdline));
+    // The guest's indirect-descriptor and EVENT_IDX driver code works against
+    // QEMU's device too (the reference for bulkhead-vmm's).
+    let blk = r.ok("blk");
+    assert_eq!(field(&blk, "indirect"), Some("1"), "{blk}");
+    assert_eq!(field(&blk, "event_idx"), Some("1"), "{blk}");
     assert_eq!(field(&r.ok("acpi"), "cpus"), Some("2"));
     let ram: u64 = field(&r.ok("memmap"), "ram")
         .and_then(vmm::parse_num)

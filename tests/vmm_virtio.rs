@@ -74,6 +74,11 @@ fn block_device_reads_and_writes_the_host_file() {
     );
     // Capacity in 512-byte sectors matches the 1 MiB file.
     assert_eq!(vmm::field(&detail, "sectors"), Some("2048"), "{detail}");
+    // The guest negotiated indirect descriptors and EVENT_IDX: its requests went
+    // through indirect tables, and it notified only when the device's avail_event
+    // asked, so a device that did not keep avail_event current would have timed out.
+    assert_eq!(vmm::field(&detail, "indirect"), Some("1"), "{detail}");
+    assert_eq!(vmm::field(&detail, "event_idx"), Some("1"), "{detail}");
     // Host side, after power-off: the guest's pattern is on sector 1, sector 0 intact.
     let s1 = sector(&disk, 1);
     assert!(

@@ -5,7 +5,7 @@
 use crate::ctx::Ctx;
 use crate::dma::{self, Buf};
 use crate::fmt::{fnv1a32, Line};
-use crate::virtio::{self, Device, Error, Queue, Seg};
+use crate::virtio::{self, Device, Error, Queue, Seg, F_EVENT_IDX, F_INDIRECT_DESC};
 use core::fmt::Write;
 
 const F_RO: u64 = 1 << 5;
@@ -71,9 +71,21 @@ pub fn check(ctx: &Ctx<'_>, d: &mut Line) -> Result<(), Error> {
         index,
         "virtio-blk (blk.index)",
     )?;
-    let features = dev.init(F_RO | F_FLUSH)?;
+    // Ring features when offered, as Linux takes them (blk.ring=plain turns them off).
+    let ring = if ctx.cmdline.get("blk.ring") == Some(&b"plain"[..]) {
+        0
+    } else {
+        F_INDIRECT_DESC | F_EVENT_IDX
+    };
+    let features = dev.init(F_RO | F_FLUSH | ring)?;
     let capacity = dev.config_u64(0);
-    let q = dev.setup_queue(0, 8)?;
+    let mut q = dev.setup_queue(0, 8)?;
+    if features & F_INDIRECT_DESC != 0 {
+        q.use_indirect()?;
+    }
+    if features & F_EVENT_IDX != 0 {
+        q.use_event_idx();
+    }
     dev.driver_ok();
     let (hdr, data, status) = match (
         dma::alloc(16, 16),
@@ -92,9 +104,11 @@ pub fn check(ctx: &Ctx<'_>, d: &mut Line) -> Result<(), Error> {
     };
     let _ = write!(
         d,
-        "base={:#x} sectors={capacity} ro={}",
+        "base={:#x} sectors={capacity} ro={} indirect={} event_idx={}",
         blk.dev.base,
-        u8::from(features & F_RO != 0)
+        u8::from(features & F_RO != 0),
+        u8::from(features & F_INDIRECT_DESC != 0),
+        u8::from(features & F_EVENT_IDX != 0)
     );
     if capacity == 0 {
         return Err(Error::Device("capacity is 0 sectors"));

@@ -39,6 +39,10 @@ const S_FAILED: u32 = 128;
 
 /// `VIRTIO_F_VERSION_1`.
 pub const F_VERSION_1: u64 = 1 << 32;
+/// `VIRTIO_RING_F_INDIRECT_DESC`.
+pub const F_INDIRECT_DESC: u64 = 1 << 28;
+/// `VIRTIO_RING_F_EVENT_IDX`.
+pub const F_EVENT_IDX: u64 = 1 << 29;
 
 /// Device types (virtio 1.2 §5).
 pub const ID_NET: u32 = 1;
@@ -255,8 +259,13 @@ impl Device {
         token: u64,
         what: &'static str,
     ) -> Result<(u64, u32), Error> {
+        let old = q.avail_idx();
         q.push(segs, token)?;
-        self.notify(q.index);
+        // With EVENT_IDX a device that does not keep `avail_event` up to date is not
+        // notified, and the request times out: that is the check.
+        if q.should_notify(old) {
+            self.notify(q.index);
+        }
         wait(q, REQUEST_TIMEOUT_MS, what)
     }
 }

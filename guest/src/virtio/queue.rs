@@ -2,6 +2,11 @@
 //! available ring at 512, used ring at 1024 (queue size at most 32). The driver polls the
 //! used ring; interrupts are suppressed (`VIRTQ_AVAIL_F_NO_INTERRUPT`). Every index and
 //! length the device writes is checked before use.
+//!
+//! Optional ring features, when the driver negotiated them: indirect descriptors
+//! (§2.7.5.3: a chain becomes one descriptor pointing at a table in a second DMA page,
+//! 64 bytes per head) and EVENT_IDX (§2.7.10: the driver notifies only when the device's
+//! `avail_event` asks for it, [`Queue::should_notify`]).
 
 use crate::dma::{self, Buf};
 use core::sync::atomic::{fence, Ordering};
@@ -12,6 +17,9 @@ const AVAIL_OFF: u64 = 512;
 const USED_OFF: u64 = 1024;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+/// Descriptors per indirect table (one table per chain head).
+const INDIRECT_MAX: usize = 4;
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// One buffer of a descriptor chain.
@@ -74,6 +82,9 @@ pub struct Queue {
     /// Per chain head: the caller's token, and whether the chain is outstanding.
     token: [u64; MAX_SIZE as usize],
     busy: [bool; MAX_SIZE as usize],
+    /// With indirect descriptors: the page holding one table per head.
+    indirect: Option<u64>,
+    event_idx: bool,
 }
 
 impl Queue {
@@ -91,6 +102,8 @@ impl Queue {
             last_used: 0,
             token: [0; MAX_SIZE as usize],
             busy: [false; MAX_SIZE as usize],
+            indirect: None,
+            event_idx: false,
         };
         for i in 0..size {
             q.set_desc(i, 0, 0, 0, (i + 1) % size);
@@ -140,9 +153,49 @@ impl Queue {
         self.num_free
     }
 
+    /// Uses indirect tables for chains of 2 to 4 segments (VIRTIO_RING_F_INDIRECT_DESC
+    /// was negotiated).
+    pub fn use_indirect(&mut self) -> Result<(), QueueError> {
+        let page = dma::alloc(4096, 4096).ok_or(QueueError::NoMemory)?;
+        page.zero();
+        self.indirect = Some(page.addr);
+        Ok(())
+    }
+
+    /// Follows the device's `avail_event` (VIRTIO_RING_F_EVENT_IDX was negotiated).
+    pub fn use_event_idx(&mut self) {
+        self.event_idx = true;
+    }
+
+    /// The ring features in use, for reports.
+    pub fn ring_features(&self) -> (bool, bool) {
+        (self.indirect.is_some(), self.event_idx)
+    }
+
+    /// The avail index now (pass it to [`Queue::should_notify`] after pushing).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Whether the device wants a notification for the chains made available since
+    /// the avail index was `old`: always without EVENT_IDX, else when `avail_event`
+    /// lies in `[old, new)` (`vring_need_event`).
+    pub fn should_notify(&self, old: u16) -> bool {
+        if !self.event_idx {
+            return true;
+        }
+        fence(Ordering::SeqCst);
+        let event = self.r16(USED_OFF + 4 + 8 * u64::from(self.size));
+        let new = self.avail_idx;
+        new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
     /// Makes a chain of `segs` available to the device, remembering `token` for it.
     /// The caller notifies the device afterwards.
     pub fn push(&mut self, segs: &[Seg], token: u64) -> Result<(), QueueError> {
+        if let (Some(page), 2..=INDIRECT_MAX) = (self.indirect, segs.len()) {
+            return self.push_indirect(page, segs, token);
+        }
         if segs.is_empty() || segs.len() > usize::from(self.num_free) {
             return Err(QueueError::Full);
         }
@@ -160,6 +213,42 @@ impl Queue {
             }
         }
         self.num_free -= segs.len() as u16;
+        self.publish(head, token);
+        Ok(())
+    }
+
+    /// One ring descriptor pointing at `segs` written into the head's indirect table.
+    fn push_indirect(&mut self, page: u64, segs: &[Seg], token: u64) -> Result<(), QueueError> {
+        if self.num_free == 0 {
+            return Err(QueueError::Full);
+        }
+        let head = self.free_head;
+        let (_, next_free) = self.desc_next(head);
+        let table = page + u64::from(head) * (INDIRECT_MAX as u64 * 16);
+        for (n, s) in segs.iter().enumerate() {
+            let last = n + 1 == segs.len();
+            let flags = if s.write { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
+            let d = table + n as u64 * 16;
+            // SAFETY: table `head` (< 32) of 4 descriptors lies inside the indirect page.
+            unsafe {
+                core::ptr::write_volatile(d as *mut u64, s.addr);
+                core::ptr::write_volatile((d + 8) as *mut u32, s.len);
+                core::ptr::write_volatile((d + 12) as *mut u16, flags);
+                core::ptr::write_volatile(
+                    (d + 14) as *mut u16,
+                    if last { 0 } else { n as u16 + 1 },
+                );
+            }
+        }
+        self.set_desc(head, table, segs.len() as u32 * 16, F_INDIRECT, 0);
+        self.free_head = next_free;
+        self.num_free -= 1;
+        self.publish(head, token);
+        Ok(())
+    }
+
+    /// Puts chain `head` in the available ring.
+    fn publish(&mut self, head: u16, token: u64) {
         self.token[usize::from(head)] = token;
         self.busy[usize::from(head)] = true;
         let slot = u64::from(self.avail_idx % self.size);
@@ -168,7 +257,6 @@ impl Queue {
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.w16(AVAIL_OFF + 2, self.avail_idx);
         fence(Ordering::SeqCst);
-        Ok(())
     }
 
     /// Takes one completed chain from the used ring: `(token, bytes written by device)`.
@@ -314,6 +402,96 @@ mod tests {
             assert_eq!(q.pop().unwrap(), Some((round, 513)));
             assert_eq!(q.num_free(), 8);
         }
+    }
+
+    #[test]
+    fn indirect_chains_take_one_ring_descriptor() {
+        let mut q = Queue::new(3, 4).unwrap();
+        q.use_indirect().unwrap();
+        let mut dev = FakeDevice::new(&q);
+        for round in 0..10u64 {
+            q.push(
+                &[
+                    seg(0x1000, 16, false),
+                    seg(0x2000, 512, true),
+                    seg(0x3000, 1, true),
+                ],
+                round,
+            )
+            .unwrap();
+            assert_eq!(q.num_free(), 3);
+            let (head, segs) = dev.next_chain().unwrap();
+            assert_eq!(segs.len(), 1);
+            let (table, len, flags) = segs[0];
+            assert_eq!((len, flags), (48, F_INDIRECT));
+            let d = |i: u64, off: u64| table + i * 16 + off;
+            // SAFETY: the indirect table the driver wrote, in its DMA page.
+            let entries: std::vec::Vec<(u64, u32, u16, u16)> = (0..3)
+                .map(|i| unsafe {
+                    (
+                        core::ptr::read_volatile(d(i, 0) as *const u64),
+                        core::ptr::read_volatile(d(i, 8) as *const u32),
+                        core::ptr::read_volatile(d(i, 12) as *const u16),
+                        core::ptr::read_volatile(d(i, 14) as *const u16),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                entries,
+                [
+                    (0x1000, 16, F_NEXT, 1),
+                    (0x2000, 512, F_NEXT | F_WRITE, 2),
+                    (0x3000, 1, F_WRITE, 0)
+                ]
+            );
+            dev.complete(u32::from(head), 1);
+            assert_eq!(q.pop().unwrap(), Some((round, 1)));
+            assert_eq!(q.num_free(), 4);
+        }
+        // One segment needs no table.
+        q.push(&[seg(0x1000, 8, true)], 99).unwrap();
+        assert_eq!(dev.next_chain().unwrap().1, [(0x1000, 8, F_WRITE)]);
+    }
+
+    #[test]
+    fn event_idx_notifies_only_when_avail_event_asks() {
+        let mut q = Queue::new(4, 8).unwrap();
+        let (_, _, used) = q.addresses();
+        let set_avail_event = |v: u16| {
+            // SAFETY: avail_event follows the 8 used elements, inside the queue's page.
+            unsafe { core::ptr::write_volatile((used + 4 + 8 * 8) as *mut u16, v) }
+        };
+        // Without EVENT_IDX: always.
+        let old = q.avail_idx();
+        q.push(&[seg(1, 1, true)], 1).unwrap();
+        set_avail_event(7);
+        assert!(q.should_notify(old));
+        q.use_event_idx();
+        // avail 1 -> 2 with avail_event 1: the device asked for index 1.
+        set_avail_event(1);
+        let old = q.avail_idx();
+        q.push(&[seg(1, 1, true)], 2).unwrap();
+        assert!(q.should_notify(old));
+        // avail 2 -> 3, avail_event still 1 (the device has not caught up): quiet.
+        let old = q.avail_idx();
+        q.push(&[seg(1, 1, true)], 3).unwrap();
+        assert!(!q.should_notify(old));
+        // Two pushed at once (3 -> 5) with avail_event 4: inside the batch.
+        set_avail_event(4);
+        let old = q.avail_idx();
+        q.push(&[seg(1, 1, true)], 4).unwrap();
+        q.push(&[seg(1, 1, true)], 5).unwrap();
+        assert!(q.should_notify(old));
+        // Wrap-around of the 16-bit indices.
+        let mut w = Queue::new(5, 4).unwrap();
+        w.use_event_idx();
+        w.avail_idx = u16::MAX;
+        let (_, _, wused) = w.addresses();
+        // SAFETY: as above, for the 4-entry queue.
+        unsafe { core::ptr::write_volatile((wused + 4 + 8 * 4) as *mut u16, u16::MAX) };
+        w.push(&[seg(1, 1, true)], 1).unwrap();
+        assert_eq!(w.avail_idx(), 0);
+        assert!(w.should_notify(u16::MAX));
     }
 
     #[test]

@@ -84,8 +84,9 @@ pub fn queue(
     Some(q)
 }
 
-/// A worker context over `queues`, without a thread.
-pub fn ctx(mem: GuestMemoryMmap, queues: Vec<Queue>) -> Ctx {
+/// A worker context over `queues`, without a thread; with `event_idx` the
+/// driver negotiated VIRTIO_RING_F_EVENT_IDX (used_event / avail_event).
+pub fn ctx(mem: GuestMemoryMmap, queues: Vec<Queue>, event_idx: bool) -> Ctx {
     let evts = queues
         .iter()
         .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"))
@@ -94,7 +95,7 @@ pub fn ctx(mem: GuestMemoryMmap, queues: Vec<Queue>) -> Ctx {
         mem,
         queues,
         Interrupt::new().expect("interrupt"),
-        1 << 32,
+        (1 << 32) | if event_idx { 1 << 29 } else { 0 },
         evts,
     )
     .expect("ctx")

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
-    let mut ctx = ctx(mem, vec![q]);
+    let mut ctx = ctx(mem, vec![q], flags & 8 != 0);
     let mut blk = BlockBackend::new(disk, read_only, *b"fuzz-serial-00000000");
     blk.queue_event(&mut ctx, 0);
     blk.queue_event(&mut ctx, 0);

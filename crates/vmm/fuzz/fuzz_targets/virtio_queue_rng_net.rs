@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         let Some(q) = queue(&mem, 256, size, (0, 0x1000, 0x2000), (na, nu)) else {
             return;
         };
-        let mut ctx = ctx(mem, vec![q]);
+        let mut ctx = ctx(mem, vec![q], which & 2 != 0);
         let mut rng = RngBackend::new();
         rng.queue_event(&mut ctx, 0);
         ctx.flush_interrupts();
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         let (tap, mut wire) = seqpacket_pair();
-        let mut ctx = ctx(mem, vec![rx, tx]);
+        let mut ctx = ctx(mem, vec![rx, tx], which & 2 != 0);
         let mut net = NetBackend::new(Arc::new(tap));
         net.start(&mut ctx).expect("start");
         for len in frames {

@@ -73,7 +73,10 @@ fuzz_target!(|data: &[u8]| {
     let mut txq = RawQueue::new(0x2000, 64);
     let evq = RawQueue::new(0x4000, 64);
     // Rx buffers: header descriptor + payload descriptor, like Linux.
-    let nrx = inp.u8() % 32;
+    let first = inp.u8();
+    let nrx = first % 32;
+    // Bit 5: the driver negotiated EVENT_IDX.
+    let event_idx = first & 32 != 0;
     for i in 0..u16::from(nrx) {
         let base = RX_BUFS + 0x4000 * u64::from(i % 32);
         rxq.desc(&mem, 2 * i, base, 44, 2 | 1, 2 * i + 1);
@@ -92,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
         txq.queue(&mem, 256),
         evq.queue(&mem, 256),
     ];
-    let mut ctx = ctx(mem.clone(), queues);
+    let mut ctx = ctx(mem.clone(), queues, event_idx);
     let mut dev = VsockBackend::new(CID, host.uds.clone(), host.listener.clone());
     dev.start(&mut ctx).expect("start");
     let mut client: Option<UnixStream> = None;

@@ -12,7 +12,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, Error, Interrupt, VirtioDevice, WorkerHandle, VIRTIO_F_VERSION_1};
+use super::{
+    Activation, Error, Interrupt, VirtioDevice, WorkerHandle, RING_FEATURES, VIRTIO_F_VERSION_1,
+};
 use crate::devices::BusDevice;
 
 pub const MMIO_MAGIC: u32 = 0x7472_6976;
@@ -221,6 +223,11 @@ impl MmioTransport {
         }
     }
 
+    /// What the driver may accept: the device's features and the ring's.
+    fn offered_features(&self) -> u64 {
+        self.device.features() | RING_FEATURES
+    }
+
     fn broken(&self) -> bool {
         self.interrupt.needs_reset() || self.status & STATUS_FAILED != 0
     }
@@ -319,7 +326,7 @@ impl MmioTransport {
                 self.violation("FEATURES_OK set before DRIVER");
                 return;
             }
-            let offered = self.device.features();
+            let offered = self.offered_features();
             let ok = self.driver_features & !offered == 0
                 && self.driver_features & (1u64 << VIRTIO_F_VERSION_1) != 0;
             // On refusal FEATURES_OK stays clear; the driver reads it back.
@@ -428,8 +435,8 @@ impl MmioTransport {
             REG_DEVICE_ID => self.device.device_type(),
             REG_VENDOR_ID => VENDOR_ID,
             REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
                 _ => 0,
             },
             REG_QUEUE_NUM_MAX => sel_queue.map(|q| u32::from(q.max)).unwrap_or(0),

@@ -61,6 +61,14 @@ pub const TYPE_VSOCK: u32 = 19;
 
 /// Feature bit every device offers and every driver must accept.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Descriptors may point at a table of further descriptors (virtio 1.2 §2.7.5.3).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+/// `used_event` / `avail_event` suppress interrupts and notifications
+/// (virtio 1.2 §2.7.7, §2.7.10).
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+/// Ring features every device offers; the transport adds them to the
+/// device's own feature bits and the worker honours them (`worker::Ctx`).
+pub const RING_FEATURES: u64 = (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
 
 /// InterruptStatus bits.
 pub const INT_USED_RING: u32 = 1;
@@ -191,7 +199,8 @@ pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     /// Maximum size of each queue, in queue order.
     fn queue_max_sizes(&self) -> &[u16];
-    /// Feature bits the device offers (must include `VIRTIO_F_VERSION_1`).
+    /// Feature bits the device offers (must include `VIRTIO_F_VERSION_1`);
+    /// the transport adds [`RING_FEATURES`].
     fn features(&self) -> u64;
     /// Read `data.len()` bytes of device configuration space at `offset`;
     /// bytes beyond the configuration structure read as zero.

@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, Error, Interrupt};
+use super::{Activation, Error, Interrupt, VIRTIO_RING_F_EVENT_IDX};
 
 /// Avail ring flag: the driver does not want used-buffer interrupts.
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
@@ -128,12 +128,16 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(
         mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
+        mut queues: Vec<Queue>,
         interrupt: Interrupt,
         acked_features: u64,
         queue_evts: Vec<EventFd>,
     ) -> io::Result<Self> {
         let n = queues.len();
+        let event_idx = acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
         Ok(Ctx {
             mem,
             queues,
@@ -158,8 +162,37 @@ impl Ctx {
     }
 
     /// Pop the next available chain of queue `q`, copying and checking its
-    /// descriptors. `None` when the queue is empty or the device is broken.
+    /// descriptors (indirect tables included). `None` when the queue is empty
+    /// or the device is broken.
+    ///
+    /// With EVENT_IDX, finding the queue empty is when the device asks to be
+    /// notified again: it sets `avail_event` to the next index it will look
+    /// at, then looks once more, because a chain the driver published before
+    /// it saw the new `avail_event` comes with no notification. Backends pop
+    /// a queue until it is empty, or pop only when they have something to put
+    /// in it (receive queues), so they are never notified for nothing.
     pub fn pop(&mut self, q: usize) -> Option<Chain> {
+        if self.broken {
+            return None;
+        }
+        if let Some(c) = self.pop_once(q) {
+            return Some(c);
+        }
+        let queue = self.queues.get_mut(q)?;
+        if !queue.event_idx_enabled() {
+            return None;
+        }
+        match queue.enable_notification(&self.mem) {
+            Ok(true) => self.pop_once(q),
+            Ok(false) => None,
+            Err(e) => {
+                self.fail(&format!("queue {q}: cannot set avail_event: {e}"));
+                None
+            }
+        }
+    }
+
+    fn pop_once(&mut self, q: usize) -> Option<Chain> {
         if self.broken {
             return None;
         }
@@ -547,7 +580,132 @@ fn perm(write: bool) -> Permissions {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{guest_memory, TestQueue};
     use super::*;
+
+    const QSIZE: u16 = 8;
+
+    /// A synchronous worker context over one queue laid out by `TestQueue`.
+    fn ctx_with(features: u64) -> (Ctx, TestQueue) {
+        let mem = guest_memory(1 << 20);
+        let tq = TestQueue::new(&mem, 0x1000, QSIZE);
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.try_set_size(QSIZE).unwrap();
+        q.try_set_desc_table_address(GuestAddress(tq.desc)).unwrap();
+        q.try_set_avail_ring_address(GuestAddress(tq.avail))
+            .unwrap();
+        q.try_set_used_ring_address(GuestAddress(tq.used)).unwrap();
+        q.set_ready(true);
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let ctx = Ctx::new(mem, vec![q], Interrupt::new().unwrap(), features, vec![evt]).unwrap();
+        (ctx, tq)
+    }
+
+    fn avail_event(ctx: &Ctx, tq: &TestQueue) -> u16 {
+        let at = tq.used + 4 + 8 * u64::from(QSIZE);
+        ctx.mem.read_obj::<u16>(GuestAddress(at)).unwrap()
+    }
+
+    fn set_used_event(ctx: &Ctx, tq: &TestQueue, v: u16) {
+        let at = tq.avail + 4 + 2 * u64::from(QSIZE);
+        ctx.mem.write_obj(v, GuestAddress(at)).unwrap();
+    }
+
+    fn interrupted(ctx: &Ctx) -> bool {
+        ctx.interrupt.event().read().is_ok()
+    }
+
+    const EVENT_IDX: u64 = (1 << 32) | (1 << VIRTIO_RING_F_EVENT_IDX);
+
+    #[test]
+    fn event_idx_asks_for_the_next_notification_when_the_queue_runs_dry() {
+        let (mut ctx, mut tq) = ctx_with(EVENT_IDX);
+        for n in 1..=3u16 {
+            tq.add_chain(&ctx.mem, &[(0x8000, 16, false)]);
+            let c = ctx.pop(0).expect("a chain");
+            assert!(ctx.pop(0).is_none());
+            // Kick me when the driver publishes index n (the next one I read).
+            assert_eq!(avail_event(&ctx, &tq), n);
+            ctx.complete(0, c.head, 0);
+        }
+    }
+
+    #[test]
+    fn event_idx_interrupts_only_past_used_event() {
+        let (mut ctx, mut tq) = ctx_with(EVENT_IDX);
+        // used_event 0: the first used buffer interrupts.
+        tq.add_chain(&ctx.mem, &[(0x8000, 16, true)]);
+        let c = ctx.pop(0).unwrap();
+        ctx.complete(0, c.head, 4);
+        ctx.flush_interrupts();
+        assert!(interrupted(&ctx));
+        // The driver wants an interrupt only once used index passes 5.
+        set_used_event(&ctx, &tq, 5);
+        for _ in 0..4 {
+            tq.add_chain(&ctx.mem, &[(0x8000, 16, true)]);
+            let c = ctx.pop(0).unwrap();
+            ctx.complete(0, c.head, 4);
+            ctx.flush_interrupts();
+            assert!(!interrupted(&ctx), "interrupt before used_event");
+        }
+        // Used index goes 5 -> 6: that crosses used_event.
+        tq.add_chain(&ctx.mem, &[(0x8000, 16, true)]);
+        let c = ctx.pop(0).unwrap();
+        ctx.complete(0, c.head, 4);
+        ctx.flush_interrupts();
+        assert!(interrupted(&ctx));
+    }
+
+    #[test]
+    fn without_event_idx_avail_event_is_left_alone() {
+        let (mut ctx, mut tq) = ctx_with(1 << 32);
+        tq.add_chain(&ctx.mem, &[(0x8000, 16, false)]);
+        assert!(ctx.pop(0).is_some());
+        assert!(ctx.pop(0).is_none());
+        assert_eq!(avail_event(&ctx, &tq), 0);
+    }
+
+    #[test]
+    fn indirect_tables_are_followed_and_checked() {
+        let (mut ctx, mut tq) =
+            ctx_with((1 << 32) | (1 << super::super::VIRTIO_RING_F_INDIRECT_DESC));
+        let table = 0x9000u64;
+        let put = |ctx: &Ctx, i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let at = table + 16 * i;
+            ctx.mem.write_obj(addr, GuestAddress(at)).unwrap();
+            ctx.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+            ctx.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            ctx.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+        };
+        // Table: a 16-byte device-readable buffer, then a 512-byte writable one.
+        put(&ctx, 0, 0xa000, 16, 1, 1);
+        put(&ctx, 1, 0xb000, 512, 2, 0);
+        tq.write_desc(&ctx.mem, 0, table, 32, 4, 0);
+        tq.publish(&ctx.mem, 0);
+        let c = ctx.pop(0).expect("chain");
+        assert!(c.valid);
+        assert_eq!(
+            c.descs,
+            vec![
+                Desc {
+                    addr: GuestAddress(0xa000),
+                    len: 16,
+                    write: false
+                },
+                Desc {
+                    addr: GuestAddress(0xb000),
+                    len: 512,
+                    write: true
+                },
+            ]
+        );
+        // An indirect entry pointing outside guest memory makes the chain invalid.
+        put(&ctx, 0, (1 << 20) - 8, 16, 0, 0);
+        tq.write_desc(&ctx.mem, 1, table, 16, 4, 0);
+        tq.publish(&ctx.mem, 1);
+        let c = ctx.pop(0).expect("chain");
+        assert!(!c.valid);
+    }
 
     #[test]
     fn epoll_timeout_rounds_up_and_saturates() {
