@@ -981,6 +981,23 @@ mod tests {
         .to_vec()
     }
 
+    /// Arguments that restore the snapshot in `dir` with an entropy device,
+    /// serial output to `out` and a control socket at `api`.
+    fn restore_args(dir: &str, out: &Path, api: &Path) -> Vec<String> {
+        [
+            "--restore",
+            dir,
+            "--rng",
+            "--serial",
+            &format!("file:{}", out.display()),
+            "--api-sock",
+            &api.display().to_string(),
+            "--no-jail",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("bulkhead-vm-{}-{name}", std::process::id()))
     }
@@ -1256,16 +1273,7 @@ mod tests {
         );
         assert!(!dir.join("memory.tmp").exists() && !dir.join("state.json.tmp").exists());
 
-        let args2: Vec<String> = vec![
-            "--restore".into(),
-            d.clone(),
-            "--rng".into(),
-            "--serial".into(),
-            format!("file:{}", out2.display()),
-            "--api-sock".into(),
-            sock2.display().to_string(),
-            "--no-jail".into(),
-        ];
+        let args2 = restore_args(&d, &out2, &sock2);
         let vm2 = spawn_vm(args2);
         // The restored guest continues its loop: dots, no new greeting.
         let text = wait_for(&out2, "...", &vm2);
@@ -1297,16 +1305,7 @@ mod tests {
         assert_eq!(vm2.join().unwrap().unwrap(), 0);
         // And that second snapshot restores too.
         let _ = std::fs::remove_file(&out2);
-        let args3: Vec<String> = vec![
-            "--restore".into(),
-            d.clone(),
-            "--rng".into(),
-            "--serial".into(),
-            format!("file:{}", out2.display()),
-            "--api-sock".into(),
-            sock2.display().to_string(),
-            "--no-jail".into(),
-        ];
+        let args3 = restore_args(&d, &out2, &sock2);
         let vm3 = spawn_vm(args3);
         let text = wait_for(&out2, "...", &vm3);
         assert!(!text.contains("hello"), "{text:?}");

@@ -369,24 +369,23 @@ mod tests {
         }
     }
 
-    fn seg(addr: u64, len: u32, write: bool) -> Seg {
+    const fn seg(addr: u64, len: u32, write: bool) -> Seg {
         Seg { addr, len, write }
     }
+
+    /// A block request's shape: header, data the device writes, status byte.
+    const BLK_REQUEST: [Seg; 3] = [
+        seg(0x1000, 16, false),
+        seg(0x2000, 512, true),
+        seg(0x3000, 1, true),
+    ];
 
     #[test]
     fn chains_round_trip_and_descriptors_are_recycled() {
         let mut q = Queue::new(0, 8).unwrap();
         let mut dev = FakeDevice::new(&q);
         for round in 0..20u64 {
-            q.push(
-                &[
-                    seg(0x1000, 16, false),
-                    seg(0x2000, 512, true),
-                    seg(0x3000, 1, true),
-                ],
-                round,
-            )
-            .unwrap();
+            q.push(&BLK_REQUEST, round).unwrap();
             let (head, segs) = dev.next_chain().unwrap();
             assert_eq!(
                 segs,
@@ -410,15 +409,7 @@ mod tests {
         q.use_indirect().unwrap();
         let mut dev = FakeDevice::new(&q);
         for round in 0..10u64 {
-            q.push(
-                &[
-                    seg(0x1000, 16, false),
-                    seg(0x2000, 512, true),
-                    seg(0x3000, 1, true),
-                ],
-                round,
-            )
-            .unwrap();
+            q.push(&BLK_REQUEST, round).unwrap();
             assert_eq!(q.num_free(), 3);
             let (head, segs) = dev.next_chain().unwrap();
             assert_eq!(segs.len(), 1);
