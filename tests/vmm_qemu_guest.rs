@@ -156,6 +156,9 @@ fn guest_network_works_under_qemu_microvm() {
     r.assert_all_passed();
     let net = r.ok("net");
     assert_eq!(field(&net, "mac"), Some("52:54:00:12:34:57"), "{net}");
+    // QEMU's virtio-net checks the guest's indirect/EVENT_IDX receive path too.
+    assert_eq!(field(&net, "indirect"), Some("1"), "{net}");
+    assert_eq!(field(&net, "event_idx"), Some("1"), "{net}");
     assert!(
         field(&net, "peer_mac").is_some(),
         "no ARP reply seen: {net}"

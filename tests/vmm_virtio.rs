@@ -182,6 +182,18 @@ fn network_reaches_the_host_and_back() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(echoes >= 1, "guest answered no echo request: {serve}");
+    // EVENT_IDX on the receive queue: the guest refilled buffers without
+    // notifying while the device still had some (it asks through avail_event
+    // only when it runs out), and frames kept arriving.
+    assert_eq!(vmm::field(&detail, "event_idx"), Some("1"), "{detail}");
+    assert_eq!(vmm::field(&detail, "indirect"), Some("1"), "{detail}");
+    let saved: u32 = vmm::field(&serve, "rx_kicks_saved")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        saved >= 1,
+        "no receive-queue notification was left out: {serve}"
+    );
 }
 
 #[test]
@@ -260,6 +272,10 @@ fn vsock_connects_both_ways() {
         detail.contains("hello from host"),
         "guest did not print the host's reply: {detail}"
     );
+    // The guest negotiated indirect descriptors (its two-buffer receive chains)
+    // and EVENT_IDX on all three queues.
+    assert_eq!(vmm::field(&detail, "indirect"), Some("1"), "{detail}");
+    assert_eq!(vmm::field(&detail, "event_idx"), Some("1"), "{detail}");
     let listen = r.ok("vsock.listen");
     assert!(
         listen.contains("shout this please"),

@@ -80,12 +80,7 @@ pub fn check(ctx: &Ctx<'_>, d: &mut Line) -> Result<(), Error> {
     let features = dev.init(F_RO | F_FLUSH | ring)?;
     let capacity = dev.config_u64(0);
     let mut q = dev.setup_queue(0, 8)?;
-    if features & F_INDIRECT_DESC != 0 {
-        q.use_indirect()?;
-    }
-    if features & F_EVENT_IDX != 0 {
-        q.use_event_idx();
-    }
+    Device::use_ring_features(features, &mut [&mut q])?;
     dev.driver_ok();
     let (hdr, data, status) = match (
         dma::alloc(16, 16),

@@ -10,7 +10,7 @@ use crate::fmt::{Ip, Line, Mac};
 use crate::netproto::{self, Answer, Event, Iface, MAX_FRAME};
 use crate::report;
 use crate::time::{now_us, Deadline};
-use crate::virtio::{self, Device, Error, Queue, Seg};
+use crate::virtio::{self, Device, Error, Queue, Seg, F_EVENT_IDX, F_INDIRECT_DESC};
 use core::fmt::Write;
 
 const F_MAC: u64 = 1 << 5;
@@ -62,8 +62,11 @@ impl Net {
                 } else {
                     Event::Ignored
                 };
+                let old = self.rxq.avail_idx();
                 self.rxq.push(&[Seg::write(&self.rx[i])], i as u64)?;
-                self.dev.notify(self.rxq.index);
+                // With EVENT_IDX the device asks for this only when it ran out of
+                // receive buffers.
+                self.dev.kick(&mut self.rxq, old);
                 if let Event::Answered { len, kind } = ev {
                     self.send(&out[..len])?;
                     match kind {
@@ -84,7 +87,13 @@ impl Net {
 
 fn setup(ctx: &Ctx<'_>, ip: [u8; 4]) -> Result<Net, Error> {
     let mut dev = virtio::find(ctx.acpi.as_ref(), virtio::ID_NET, "virtio-net")?;
-    let features = dev.init(F_MAC)?;
+    // Ring features when offered, as Linux takes them (net.ring=plain turns them off).
+    let ring = if ctx.cmdline.get("net.ring") == Some(&b"plain"[..]) {
+        0
+    } else {
+        F_INDIRECT_DESC | F_EVENT_IDX
+    };
+    let features = dev.init(F_MAC | ring)?;
     let mut mac = DEFAULT_MAC;
     if features & F_MAC != 0 {
         for (i, b) in mac.iter_mut().enumerate() {
@@ -92,7 +101,8 @@ fn setup(ctx: &Ctx<'_>, ip: [u8; 4]) -> Result<Net, Error> {
         }
     }
     let mut rxq = dev.setup_queue(0, 16)?;
-    let txq = dev.setup_queue(1, 16)?;
+    let mut txq = dev.setup_queue(1, 16)?;
+    Device::use_ring_features(features, &mut [&mut rxq, &mut txq])?;
     let tx = dma::alloc(BUF, 64).ok_or(Error::Device("out of DMA memory"))?;
     let mut rx = [tx; RX_BUFS];
     for (i, b) in rx.iter_mut().enumerate() {
@@ -117,10 +127,12 @@ fn setup(ctx: &Ctx<'_>, ip: [u8; 4]) -> Result<Net, Error> {
 fn ping(net: &mut Net, peer: [u8; 4], d: &mut Line) -> Result<(), Error> {
     let _ = write!(
         d,
-        "base={:#x} mac={} ip={}",
+        "base={:#x} mac={} ip={} indirect={} event_idx={}",
         net.dev.base,
         Mac(&net.me.mac),
-        Ip(&net.me.ip)
+        Ip(&net.me.ip),
+        u8::from(net.rxq.ring_features().0),
+        u8::from(net.rxq.ring_features().1)
     );
     let mut frame = [0u8; MAX_FRAME];
     let mut peer_mac = None;
@@ -197,10 +209,11 @@ pub fn run(ctx: &Ctx<'_>) {
         d.clear();
         let _ = write!(
             d,
-            "ms={ms} arp_replies={} echo_replies={} frames={}",
+            "ms={ms} arp_replies={} echo_replies={} frames={} rx_kicks_saved={}",
             net.served_arp - arp0,
             net.served_echo - echo0,
-            net.frames
+            net.frames,
+            net.rxq.kicks_saved
         );
         if let Err(e) = &r {
             let _ = write!(d, " error: {e}");

@@ -10,7 +10,7 @@ use crate::dma::{self, Buf};
 use crate::fmt::Line;
 use crate::report;
 use crate::time::Deadline;
-use crate::virtio::{self, Device, Error, Queue, Seg};
+use crate::virtio::{self, Device, Error, Queue, Seg, F_EVENT_IDX, F_INDIRECT_DESC};
 use core::fmt::Write;
 
 /// Size of the packet header.
@@ -277,8 +277,9 @@ impl Vsock {
                     .min(RX_DATA);
                 self.rx_data[i].read(0, &mut data[..n]);
                 let segs = [Seg::write(&self.rx_hdr[i]), Seg::write(&self.rx_data[i])];
+                let old = self.rxq.avail_idx();
                 self.rxq.push(&segs, i as u64)?;
-                self.dev.notify(self.rxq.index);
+                self.dev.kick(&mut self.rxq, old);
                 self.dispatch(h, &data[..n])?;
                 continue;
             }
@@ -291,11 +292,18 @@ impl Vsock {
 
 fn setup(ctx: &Ctx<'_>, listen: Option<u32>) -> Result<Vsock, Error> {
     let mut dev = virtio::find(ctx.acpi.as_ref(), virtio::ID_VSOCK, "virtio-vsock")?;
-    dev.init(0)?;
+    // Ring features when offered, as Linux takes them (vsock.ring=plain turns them off).
+    let ring = if ctx.cmdline.get("vsock.ring") == Some(&b"plain"[..]) {
+        0
+    } else {
+        F_INDIRECT_DESC | F_EVENT_IDX
+    };
+    let features = dev.init(ring)?;
     let cid = dev.config_u64(0);
     let mut rxq = dev.setup_queue(0, 16)?;
-    let txq = dev.setup_queue(1, 4)?;
+    let mut txq = dev.setup_queue(1, 4)?;
     let mut evq = dev.setup_queue(2, 2)?;
+    Device::use_ring_features(features, &mut [&mut rxq, &mut txq, &mut evq])?;
     let oom = Error::Device("out of DMA memory");
     let tx_hdr = dma::alloc(HDR, 8).ok_or(oom)?;
     let tx_data = dma::alloc(RX_DATA, 64).ok_or(oom)?;
@@ -422,7 +430,15 @@ pub fn run(ctx: &Ctx<'_>) {
             return;
         }
     };
-    let _ = write!(d, "base={:#x} cid={}", v.dev.base, v.cid);
+    let (indirect, event_idx) = v.rxq.ring_features();
+    let _ = write!(
+        d,
+        "base={:#x} cid={} indirect={} event_idx={}",
+        v.dev.base,
+        v.cid,
+        u8::from(indirect),
+        u8::from(event_idx)
+    );
     if let Some(port) = port {
         let _ = write!(d, " port={port}");
         let ok = match connect(&mut v, port, &mut d) {

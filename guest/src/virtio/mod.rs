@@ -261,12 +261,33 @@ impl Device {
     ) -> Result<(u64, u32), Error> {
         let old = q.avail_idx();
         q.push(segs, token)?;
-        // With EVENT_IDX a device that does not keep `avail_event` up to date is not
-        // notified, and the request times out: that is the check.
+        self.kick(q, old);
+        wait(q, REQUEST_TIMEOUT_MS, what)
+    }
+
+    /// Notifies the device about the chains pushed to `q` since its avail index was
+    /// `old`, unless EVENT_IDX says the device does not want to hear about them yet.
+    /// A device that does not keep `avail_event` current then never sees the chains
+    /// and the caller times out: that is the check of the device's EVENT_IDX support.
+    pub fn kick(&self, q: &mut Queue, old: u16) {
         if q.should_notify(old) {
             self.notify(q.index);
+        } else {
+            q.kicks_saved += 1;
         }
-        wait(q, REQUEST_TIMEOUT_MS, what)
+    }
+
+    /// Negotiates the ring features on the queues (`features` from [`Device::init`]).
+    pub fn use_ring_features(features: u64, queues: &mut [&mut Queue]) -> Result<(), Error> {
+        for q in queues.iter_mut() {
+            if features & F_INDIRECT_DESC != 0 {
+                q.use_indirect()?;
+            }
+            if features & F_EVENT_IDX != 0 {
+                q.use_event_idx();
+            }
+        }
+        Ok(())
     }
 }
 

@@ -85,6 +85,8 @@ pub struct Queue {
     /// With indirect descriptors: the page holding one table per head.
     indirect: Option<u64>,
     event_idx: bool,
+    /// Notifications EVENT_IDX let the driver leave out.
+    pub kicks_saved: u32,
 }
 
 impl Queue {
@@ -104,6 +106,7 @@ impl Queue {
             busy: [false; MAX_SIZE as usize],
             indirect: None,
             event_idx: false,
+            kicks_saved: 0,
         };
         for i in 0..size {
             q.set_desc(i, 0, 0, 0, (i + 1) % size);
