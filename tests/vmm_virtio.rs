@@ -1,5 +1,6 @@
 //! bulkhead-vmm's virtio devices driven by the test guest, checked from
-//! both sides: virtio-blk (read, write, read-only), virtio-net on a TAP in
+//! both sides: virtio-blk (read, write, read-only, a sequential read with
+//! requests in flight), virtio-net on a TAP in
 //! a test-owned network namespace (guest pings the host, host pings the
 //! guest), virtio-vsock over the Unix-socket backend (both directions), and
 //! virtio-rng.
@@ -87,6 +88,27 @@ fn block_device_reads_and_writes_the_host_file() {
         String::from_utf8_lossy(&s1[..64])
     );
     assert_eq!(sector(&disk, 0), sector0, "sector 0 changed");
+}
+
+#[test]
+fn block_device_streams_a_sequential_read() {
+    require_kvm!();
+    let dir = Scratch::new("bh-blkread");
+    let (disk, _) = make_disk(&dir, &unique("r"));
+    // Requests in flight, through indirect tables, with EVENT_IDX: the read
+    // that bench/vmm-boot times.
+    let mut vm = Vm::start(
+        &VmSpec::guest("checks=blkread blkread.kib=16 blkread.depth=4")
+            .arg("--disk")
+            .arg(format!("{},ro", disk.display())),
+    );
+    let r = vm.finish();
+    r.assert_all_passed();
+    let detail = r.ok("blkread");
+    assert_eq!(vmm::field(&detail, "bytes"), Some("1048576"), "{detail}");
+    assert_eq!(vmm::field(&detail, "requests"), Some("64"), "{detail}");
+    assert_eq!(vmm::field(&detail, "event_idx"), Some("1"), "{detail}");
+    assert_eq!(vmm::field(&detail, "indirect"), Some("1"), "{detail}");
 }
 
 #[test]

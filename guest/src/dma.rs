@@ -6,7 +6,7 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-const POOL_PAGES: usize = 96;
+const POOL_PAGES: usize = 192;
 const PAGE: usize = 4096;
 
 #[repr(C, align(4096))]

@@ -81,6 +81,10 @@ fn run_check(ctx: &Ctx<'_>, name: &[u8]) {
         b"memmap" => ("memmap", check_memmap(ctx, &mut d)),
         b"acpi" => ("acpi", check_acpi(ctx, &mut d)),
         b"blk" => ("blk", virtio_result(blk::check(ctx, &mut d), &mut d)),
+        b"blkread" => (
+            "blkread",
+            virtio_result(blk::read_throughput(ctx, &mut d), &mut d),
+        ),
         b"rng" => ("rng", virtio_result(rng::check(ctx, &mut d), &mut d)),
         b"net" => return net::run(ctx),
         b"vsock" => return vsock::run(ctx),
@@ -99,7 +103,7 @@ fn run_check(ctx: &Ctx<'_>, name: &[u8]) {
             l.push_printable(other);
             let _ = write!(
                 d,
-                "unknown check (known: cmdline memmap acpi blk rng net vsock tick power smp fault)"
+                "unknown check (known: cmdline memmap acpi blk blkread rng net vsock tick power smp fault)"
             );
             report::result(
                 core::str::from_utf8(l.as_bytes()).unwrap_or("?"),

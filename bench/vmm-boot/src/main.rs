@@ -11,7 +11,13 @@
 //! `/proc/<pid>/smaps` except the guest-memory mapping(s), recognised as
 //! the mappings at least as large as 7/8 of the guest memory size (both
 //! monitors map guest RAM as one big anonymous region; QEMU adds a little
-//! alignment). Medians, min/max and the bulkhead/QEMU ratio are printed as
+//! alignment).
+//!
+//! Disk reads (`--blk-mib`, default 64): the guest reads a read-only virtio-blk disk of
+//! pseudo-random data (in the host page cache) sequentially, 4 × 32 KiB requests in
+//! flight, and reports the time it took by its own TSC (`checks=blkread`).
+//!
+//! Medians, min/max and the bulkhead/QEMU ratio are printed as
 //! a table. Exits non-zero only on harness errors (a monitor that cannot be
 //! started, a run without the guest's `done` line).
 
@@ -56,6 +62,12 @@ struct Args {
     /// Memory samples per monitor.
     #[arg(long, default_value_t = 3)]
     mem_samples: usize,
+    /// MiB the guest reads from a virtio-blk disk (`checks=blkread`), 0 to skip.
+    #[arg(long, default_value_t = 64)]
+    blk_mib: u64,
+    /// Disk-read runs per monitor.
+    #[arg(long, default_value_t = 3)]
+    blk_runs: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +91,8 @@ struct Setup {
     qemu: PathBuf,
     guest: PathBuf,
     mem_mib: u64,
+    /// A read-only virtio-blk disk for both monitors (the disk-read runs).
+    disk: Option<PathBuf>,
 }
 
 impl Setup {
@@ -91,6 +105,9 @@ impl Setup {
                     .args(["--mem", &format!("{}M", self.mem_mib), "--vcpus", "1"])
                     .args(["--serial", "stdout", "--cmdline", cmdline])
                     .args(&self.vmm_args);
+                if let Some(d) = &self.disk {
+                    c.arg("--disk").arg(format!("{},ro", d.display()));
+                }
                 c
             }
             Monitor::Qemu => {
@@ -113,6 +130,16 @@ impl Setup {
                 ])
                 .arg(&self.guest)
                 .args(["-append", cmdline]);
+                if let Some(d) = &self.disk {
+                    // Same transport as bulkhead-vmm: virtio-mmio version 2, raw
+                    // file through the host page cache (QEMU's default cache mode).
+                    c.args(["-global", "virtio-mmio.force-legacy=false", "-drive"])
+                        .arg(format!(
+                            "id=d0,file={},format=raw,if=none,readonly=on",
+                            d.display()
+                        ))
+                        .args(["-device", "virtio-blk-device,drive=d0"]);
+                }
                 c
             }
         }
@@ -130,8 +157,52 @@ impl Setup {
 
 /// One timed run: (first serial byte, exit).
 fn timed_run(s: &Setup, m: Monitor) -> Result<(Duration, Duration)> {
+    let (first, exit, _) = run_guest(s, m, BOOT_CHECKS)?;
+    Ok((first, exit))
+}
+
+/// One disk-read run: the guest's own timing of `checks=blkread`, in ms.
+fn blk_run(s: &Setup, m: Monitor, mib: u64) -> Result<f64> {
+    let (_, _, text) = run_guest(s, m, &format!("checks=blkread blkread.mib={mib}"))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.split_once("BULKHEAD-GUEST blkread ").map(|(_, r)| r))
+        .with_context(|| format!("{}: no blkread result", m.name()))?;
+    let us: f64 = line
+        .strip_prefix("ok ")
+        .and_then(|r| r.split_whitespace().find_map(|w| w.strip_prefix("us=")))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{}: blkread failed: {line}", m.name()))?;
+    Ok(us / 1e3)
+}
+
+/// A disk image of `mib` MiB of pseudo-random bytes (so no layer can skip zero
+/// blocks), read once so that both monitors find it in the page cache.
+fn make_disk(mib: u64) -> Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("bh-vmm-boot-disk-{}.img", std::process::id()));
+    let mut f = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for c in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        std::io::Write::write_all(&mut f, &block)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    drop(f);
+    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(path)
+}
+
+/// Runs the guest with `cmdline` to power-off: (first serial byte, exit, stdout).
+fn run_guest(s: &Setup, m: Monitor, cmdline: &str) -> Result<(Duration, Duration, String)> {
     let t0 = Instant::now();
-    let mut child = s.spawn(m, BOOT_CHECKS)?;
+    let mut child = s.spawn(m, cmdline)?;
     let mut out = child.stdout.take().context("stdout pipe")?;
     let mut err = child.stderr.take().context("stderr pipe")?;
     let (tx, rx) = mpsc::channel();
@@ -185,7 +256,7 @@ fn timed_run(s: &Setup, m: Monitor) -> Result<(Duration, Duration)> {
         );
     }
     let first = first.context("no serial output")?;
-    Ok((first, exit))
+    Ok((first, exit, text.into_owned()))
 }
 
 /// Rss (KiB) of the monitor's own mappings and of guest memory.
@@ -361,12 +432,13 @@ fn main() -> Result<()> {
             guest.display()
         );
     }
-    let s = Setup {
+    let mut s = Setup {
         vmm: find_vmm(a.vmm.clone())?,
         vmm_args: a.vmm_arg.clone(),
         qemu: a.qemu.clone(),
         guest,
         mem_mib: a.mem_mib,
+        disk: None,
     };
     eprintln!(
         "bulkhead-vmm: {}\nqemu: {}\nguest: {}\n{} interleaved runs each, {} MiB, 1 vCPU",
@@ -415,6 +487,31 @@ fn main() -> Result<()> {
                 }
             }
         }
+    }
+
+    let mut blk_ms = [vec![], vec![]];
+    let mut blk_err: Option<String> = None;
+    if a.blk_mib > 0 && a.blk_runs > 0 {
+        let disk = make_disk(a.blk_mib)?;
+        s.disk = Some(disk.clone());
+        'runs: for i in 0..a.blk_runs {
+            let order = if i % 2 == 0 {
+                [Monitor::Bulkhead, Monitor::Qemu]
+            } else {
+                [Monitor::Qemu, Monitor::Bulkhead]
+            };
+            for m in order {
+                match blk_run(&s, m, a.blk_mib) {
+                    Ok(ms) => blk_ms[usize::from(m == Monitor::Qemu)].push(ms),
+                    Err(e) => {
+                        blk_err = Some(format!("{e:#}"));
+                        break 'runs;
+                    }
+                }
+            }
+        }
+        s.disk = None;
+        let _ = std::fs::remove_file(&disk);
     }
 
     println!();
@@ -470,6 +567,16 @@ fn main() -> Result<()> {
         spread(&exit[0]),
         spread(&exit[1])
     );
+    if a.blk_mib > 0 && a.blk_runs > 0 {
+        let name = format!("virtio-blk read {} MiB (guest)", a.blk_mib);
+        match blk_err {
+            None => {
+                let (mut b, mut q) = (blk_ms[0].clone(), blk_ms[1].clone());
+                row(&name, "ms", median(&mut b), median(&mut q));
+            }
+            Some(e) => println!("{name:<34} n/a: {e}"),
+        }
+    }
     println!("ratio = bulkhead / qemu (lower is better for bulkhead)");
     Ok(())
 }
