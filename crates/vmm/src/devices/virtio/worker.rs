@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -80,6 +80,50 @@ impl Chain {
         self.copy(true, offset, buf.len(), |addr, range| {
             mem.write_slice(&buf[range], addr).is_ok()
         })
+    }
+
+    /// Host `iovec`s covering `len` bytes of the device-writable (`write`) or
+    /// device-readable part of the chain from byte `offset`, for `preadv` /
+    /// `pwritev` straight into or out of guest memory. `None` when the part is
+    /// shorter than `offset + len` or a piece is not in guest memory (neither
+    /// happens for a valid chain of the right size).
+    ///
+    /// The pointers stay valid while `mem` (whose regions live as long as the
+    /// VM) is alive; the guest may change the bytes concurrently, which the
+    /// kernel's copy tolerates as a plain `memcpy` would not.
+    pub fn iovecs(
+        &self,
+        mem: &GuestMemoryMmap,
+        write: bool,
+        offset: u64,
+        len: u64,
+    ) -> Option<Vec<libc::iovec>> {
+        let mut iov = Vec::new();
+        let mut skip = offset;
+        let mut left = len;
+        for d in self.descs.iter().filter(|d| d.write == write) {
+            if left == 0 {
+                break;
+            }
+            let dlen = u64::from(d.len);
+            if skip >= dlen {
+                skip -= dlen;
+                continue;
+            }
+            let n = (dlen - skip).min(left);
+            let start = d.addr.checked_add(skip)?;
+            // Both fit in usize: n ≤ u32::MAX.
+            for slice in mem.get_slices(start, n as usize, perm(write)).ok()? {
+                let slice = slice.ok()?;
+                iov.push(libc::iovec {
+                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: slice.len(),
+                });
+            }
+            left -= n;
+            skip = 0;
+        }
+        (left == 0).then_some(iov)
     }
 
     fn copy<F>(&self, write: bool, offset: u64, len: usize, mut f: F) -> usize
