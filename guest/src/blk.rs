@@ -71,12 +71,7 @@ pub fn check(ctx: &Ctx<'_>, d: &mut Line) -> Result<(), Error> {
         index,
         "virtio-blk (blk.index)",
     )?;
-    // Ring features when offered, as Linux takes them (blk.ring=plain turns them off).
-    let ring = if ctx.cmdline.get("blk.ring") == Some(&b"plain"[..]) {
-        0
-    } else {
-        F_INDIRECT_DESC | F_EVENT_IDX
-    };
+    let ring = virtio::wanted_ring_features(ctx, "blk.ring");
     let features = dev.init(F_RO | F_FLUSH | ring)?;
     let capacity = dev.config_u64(0);
     let mut q = dev.setup_queue(0, 8)?;

@@ -10,7 +10,7 @@ use crate::fmt::{Ip, Line, Mac};
 use crate::netproto::{self, Answer, Event, Iface, MAX_FRAME};
 use crate::report;
 use crate::time::{now_us, Deadline};
-use crate::virtio::{self, Device, Error, Queue, Seg, F_EVENT_IDX, F_INDIRECT_DESC};
+use crate::virtio::{self, Device, Error, Queue, Seg};
 use core::fmt::Write;
 
 const F_MAC: u64 = 1 << 5;
@@ -87,12 +87,7 @@ impl Net {
 
 fn setup(ctx: &Ctx<'_>, ip: [u8; 4]) -> Result<Net, Error> {
     let mut dev = virtio::find(ctx.acpi.as_ref(), virtio::ID_NET, "virtio-net")?;
-    // Ring features when offered, as Linux takes them (net.ring=plain turns them off).
-    let ring = if ctx.cmdline.get("net.ring") == Some(&b"plain"[..]) {
-        0
-    } else {
-        F_INDIRECT_DESC | F_EVENT_IDX
-    };
+    let ring = virtio::wanted_ring_features(ctx, "net.ring");
     let features = dev.init(F_MAC | ring)?;
     let mut mac = DEFAULT_MAC;
     if features & F_MAC != 0 {

@@ -10,7 +10,7 @@ use crate::dma::{self, Buf};
 use crate::fmt::Line;
 use crate::report;
 use crate::time::Deadline;
-use crate::virtio::{self, Device, Error, Queue, Seg, F_EVENT_IDX, F_INDIRECT_DESC};
+use crate::virtio::{self, Device, Error, Queue, Seg};
 use core::fmt::Write;
 
 /// Size of the packet header.
@@ -292,12 +292,7 @@ impl Vsock {
 
 fn setup(ctx: &Ctx<'_>, listen: Option<u32>) -> Result<Vsock, Error> {
     let mut dev = virtio::find(ctx.acpi.as_ref(), virtio::ID_VSOCK, "virtio-vsock")?;
-    // Ring features when offered, as Linux takes them (vsock.ring=plain turns them off).
-    let ring = if ctx.cmdline.get("vsock.ring") == Some(&b"plain"[..]) {
-        0
-    } else {
-        F_INDIRECT_DESC | F_EVENT_IDX
-    };
+    let ring = virtio::wanted_ring_features(ctx, "vsock.ring");
     let features = dev.init(ring)?;
     let cid = dev.config_u64(0);
     let mut rxq = dev.setup_queue(0, 16)?;

@@ -44,6 +44,16 @@ pub const F_INDIRECT_DESC: u64 = 1 << 28;
 /// `VIRTIO_RING_F_EVENT_IDX`.
 pub const F_EVENT_IDX: u64 = 1 << 29;
 
+/// The ring features a driver asks for: indirect descriptors and EVENT_IDX, as Linux
+/// takes them, unless the command line says `<key>=plain`.
+pub fn wanted_ring_features(ctx: &crate::ctx::Ctx<'_>, key: &str) -> u64 {
+    if ctx.cmdline.get(key) == Some(&b"plain"[..]) {
+        0
+    } else {
+        F_INDIRECT_DESC | F_EVENT_IDX
+    }
+}
+
 /// Device types (virtio 1.2 §5).
 pub const ID_NET: u32 = 1;
 pub const ID_BLOCK: u32 = 2;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -99,57 +99,65 @@ impl Chain {
         len: u64,
     ) -> Option<Vec<libc::iovec>> {
         let mut iov = Vec::new();
-        let mut skip = offset;
-        let mut left = len;
-        for d in self.descs.iter().filter(|d| d.write == write) {
-            if left == 0 {
-                break;
-            }
-            let dlen = u64::from(d.len);
-            if skip >= dlen {
-                skip -= dlen;
-                continue;
-            }
-            let n = (dlen - skip).min(left);
-            let start = d.addr.checked_add(skip)?;
-            // Both fit in usize: n ≤ u32::MAX.
-            for slice in mem.get_slices(start, n as usize, perm(write)).ok()? {
+        let mut covered = 0u64;
+        for (addr, n) in self.spans(write, offset, len) {
+            for slice in mem.get_slices(addr, n as usize, perm(write)).ok()? {
                 let slice = slice.ok()?;
                 iov.push(libc::iovec {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: slice.len(),
                 });
             }
-            left -= n;
-            skip = 0;
+            covered += n;
         }
-        (left == 0).then_some(iov)
+        (covered == len).then_some(iov)
+    }
+
+    /// The guest ranges holding bytes `offset..offset + len` of the
+    /// device-writable (`write`) or device-readable part, in order; shorter
+    /// when the part is.
+    fn spans(
+        &self,
+        write: bool,
+        offset: u64,
+        len: u64,
+    ) -> impl Iterator<Item = (GuestAddress, u64)> + '_ {
+        let mut skip = offset;
+        let mut left = len;
+        self.descs
+            .iter()
+            .filter(move |d| d.write == write)
+            .map_while(move |d| {
+                if left == 0 {
+                    return None;
+                }
+                let dlen = u64::from(d.len);
+                if skip >= dlen {
+                    skip -= dlen;
+                    return Some(None);
+                }
+                let n = (dlen - skip).min(left);
+                // In range: the descriptor was checked to lie in guest memory.
+                let addr = GuestAddress(d.addr.0 + skip);
+                left -= n;
+                skip = 0;
+                Some(Some((addr, n)))
+            })
+            .flatten()
     }
 
     fn copy<F>(&self, write: bool, offset: u64, len: usize, mut f: F) -> usize
     where
         F: FnMut(GuestAddress, std::ops::Range<usize>) -> bool,
     {
-        let mut skip = offset;
         let mut done = 0usize;
-        for d in self.descs.iter().filter(|d| d.write == write) {
-            if done == len {
-                break;
-            }
-            let dlen = u64::from(d.len);
-            if skip >= dlen {
-                skip -= dlen;
-                continue;
-            }
-            // Both fit in usize: dlen - skip ≤ u32::MAX.
-            let avail = (dlen - skip) as usize;
-            let n = avail.min(len - done);
-            let addr = GuestAddress(d.addr.0 + skip);
+        for (addr, n) in self.spans(write, offset, len as u64) {
+            // Fits in usize: n ≤ len.
+            let n = n as usize;
             if !f(addr, done..done + n) {
                 break;
             }
             done += n;
-            skip = 0;
         }
         done
     }
