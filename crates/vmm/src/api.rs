@@ -47,6 +47,9 @@ pub struct ApiContext {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// The console backend as `describe` reports it (`stdout`, `pty:/dev/pts/N`, …).
     pub serial_desc: String,
+    /// `/proc/self/pagemap`, opened before the jail, so that snapshots skip
+    /// untouched guest memory; `None` if it could not be opened.
+    pub pagemap: Option<crate::snapshot::PageMap>,
     /// Where snapshots may go (canonical path); required when jailed.
     pub snapshot_dir: Option<std::path::PathBuf>,
 }
@@ -256,7 +259,7 @@ fn take_snapshot(dir: &std::path::Path, ctx: &ApiContext) -> anyhow::Result<u64>
         serial,
         devices,
     };
-    snapshot::write(dir, &ctx.mem, &snap)
+    snapshot::write(dir, &ctx.mem, &snap, ctx.pagemap.as_ref())
 }
 
 fn state(ctx: &ApiContext) -> &'static str {

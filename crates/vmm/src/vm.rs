@@ -666,6 +666,14 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     control::install_kick_handler().context("cannot install the vCPU kick signal handler")?;
     control::install_term_handlers(&control).context("cannot install signal handlers")?;
 
+    // Snapshots (control socket only) skip untouched guest memory through the
+    // page map; it must be opened before the jail, which has no /proc. Without
+    // it a snapshot reads all of guest memory (correct, only slower).
+    let pagemap = cli
+        .api_sock
+        .as_ref()
+        .and_then(|_| snapshot::PageMap::open().ok());
+
     // Everything is open: confine the process while it is single-threaded.
     memslots.finish()?;
     if !cli.no_jail {
@@ -705,6 +713,7 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
         mem: mem.clone(),
         serial: serial.clone(),
         serial_desc,
+        pagemap,
         snapshot_dir: snapshot_dir.clone(),
     });
 
