@@ -377,7 +377,8 @@ fn write_memory_sparse(
     let mut written = 0u64;
     for region in mem.iter() {
         let host = mem.get_host_address(region.start_addr()).map_err(other)? as u64;
-        let skippable = pagemap.filter(|_| region.file_offset().is_none() && host % PAGE == 0);
+        let skippable =
+            pagemap.filter(|_| region.file_offset().is_none() && host.is_multiple_of(PAGE));
         let mut done = 0u64;
         while done < region.len() {
             let n = (region.len() - done).min(MEMORY_BLOCK as u64) as usize;
