@@ -77,6 +77,20 @@ enum Monitor {
 }
 
 impl Monitor {
+    /// Run order of round `i`: A B, B A, … so drift hits both alike.
+    fn interleaved(i: usize) -> [Monitor; 2] {
+        if i.is_multiple_of(2) {
+            [Monitor::Bulkhead, Monitor::Qemu]
+        } else {
+            [Monitor::Qemu, Monitor::Bulkhead]
+        }
+    }
+
+    /// Index of this monitor's column in the per-monitor result arrays.
+    fn slot(self) -> usize {
+        usize::from(self == Monitor::Qemu)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Monitor::Bulkhead => "bulkhead-vmm",
@@ -452,14 +466,9 @@ fn main() -> Result<()> {
     let mut first = [vec![], vec![]];
     let mut exit = [vec![], vec![]];
     for i in 0..a.iterations {
-        let order = if i % 2 == 0 {
-            [Monitor::Bulkhead, Monitor::Qemu]
-        } else {
-            [Monitor::Qemu, Monitor::Bulkhead]
-        };
-        for m in order {
+        for m in Monitor::interleaved(i) {
             let (f, e) = timed_run(&s, m)?;
-            let k = usize::from(m == Monitor::Qemu);
+            let k = m.slot();
             first[k].push(f.as_secs_f64() * 1e3);
             exit[k].push(e.as_secs_f64() * 1e3);
         }
@@ -469,15 +478,10 @@ fn main() -> Result<()> {
     let mut guest_rss = [vec![], vec![]];
     let mut mem_err: Option<String> = None;
     'samples: for i in 0..a.mem_samples {
-        let order = if i % 2 == 0 {
-            [Monitor::Bulkhead, Monitor::Qemu]
-        } else {
-            [Monitor::Qemu, Monitor::Bulkhead]
-        };
-        for m in order {
+        for m in Monitor::interleaved(i) {
             match memory_run(&s, m) {
                 Ok((o, g)) => {
-                    let k = usize::from(m == Monitor::Qemu);
+                    let k = m.slot();
                     own[k].push(o as f64 / 1024.0);
                     guest_rss[k].push(g as f64 / 1024.0);
                 }
@@ -495,14 +499,9 @@ fn main() -> Result<()> {
         let disk = make_disk(a.blk_mib)?;
         s.disk = Some(disk.clone());
         'runs: for i in 0..a.blk_runs {
-            let order = if i % 2 == 0 {
-                [Monitor::Bulkhead, Monitor::Qemu]
-            } else {
-                [Monitor::Qemu, Monitor::Bulkhead]
-            };
-            for m in order {
+            for m in Monitor::interleaved(i) {
                 match blk_run(&s, m, a.blk_mib) {
-                    Ok(ms) => blk_ms[usize::from(m == Monitor::Qemu)].push(ms),
+                    Ok(ms) => blk_ms[m.slot()].push(ms),
                     Err(e) => {
                         blk_err = Some(format!("{e:#}"));
                         break 'runs;
