@@ -343,19 +343,19 @@ impl PageMap {
         File::open("/proc/self/pagemap").map(PageMap)
     }
 
-    /// For `pages` pages from host address `addr` (page aligned): whether each
-    /// is populated, into `out` (cleared first).
-    fn populated(&self, addr: u64, pages: usize, out: &mut Vec<bool>) -> std::io::Result<()> {
+    /// Whether any of the pages of one snapshot block from host address
+    /// `addr` (page aligned, at most [`MEMORY_BLOCK`] bytes) is populated.
+    fn any_populated(&self, addr: u64, len: usize) -> std::io::Result<bool> {
         use std::os::unix::fs::FileExt;
-        let mut raw = vec![0u8; pages * 8];
-        self.0.read_exact_at(&mut raw, addr / PAGE * 8)?;
-        out.clear();
-        out.extend(raw.chunks_exact(8).map(|e| {
+        const ENTRIES: usize = MEMORY_BLOCK / PAGE as usize;
+        let mut raw = [0u8; ENTRIES * 8];
+        let raw = &mut raw[..len.div_ceil(PAGE as usize).min(ENTRIES) * 8];
+        self.0.read_exact_at(raw, addr / PAGE * 8)?;
+        Ok(raw.chunks_exact(8).any(|e| {
             let mut b = [0u8; 8];
             b.copy_from_slice(e);
             u64::from_le_bytes(b) & (PM_PRESENT | PM_SWAPPED) != 0
-        }));
-        Ok(())
+        }))
     }
 }
 
@@ -372,7 +372,6 @@ fn write_memory_sparse(
     use std::os::unix::fs::FileExt;
     let other = |e: vm_memory::GuestMemoryError| std::io::Error::other(e.to_string());
     let mut buf = vec![0u8; MEMORY_BLOCK];
-    let mut populated = Vec::new();
     let mut file_off = 0u64;
     let mut written = 0u64;
     for region in mem.iter() {
@@ -383,8 +382,7 @@ fn write_memory_sparse(
         while done < region.len() {
             let n = (region.len() - done).min(MEMORY_BLOCK as u64) as usize;
             if let Some(pm) = skippable {
-                pm.populated(host + done, n.div_ceil(PAGE as usize), &mut populated)?;
-                if !populated.iter().any(|&p| p) {
+                if !pm.any_populated(host + done, n)? {
                     done += n as u64;
                     continue;
                 }
@@ -522,19 +520,7 @@ mod tests {
         let pm = PageMap::open().expect("/proc/self/pagemap");
         let mut contents = Vec::new();
         for pagemap in [Some(&pm), None] {
-            let path = std::env::temp_dir().join(format!(
-                "bh-snap-sparse-{}-{}",
-                std::process::id(),
-                pagemap.is_some()
-            ));
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap();
-            f.set_len(8 << 20).unwrap();
+            let f = crate::devices::virtio::testing::memfd(8 << 20);
             let written = write_memory_sparse(&f, &mem, pagemap).unwrap();
             assert_eq!(written, 2 * MEMORY_BLOCK as u64);
             let mut all = vec![0u8; 8 << 20];
@@ -542,7 +528,6 @@ mod tests {
             assert_eq!(&all[0x1234..0x1237], b"low");
             assert_eq!(&all[(7 << 20) + 7..(7 << 20) + 11], b"high");
             contents.push(all);
-            let _ = std::fs::remove_file(&path);
         }
         assert!(contents[0] == contents[1]);
     }
@@ -555,11 +540,12 @@ mod tests {
             .unwrap();
         let pm = PageMap::open().expect("/proc/self/pagemap");
         let host = mem.get_host_address(vm_memory::GuestAddress(0)).unwrap() as u64;
-        let mut p = Vec::new();
-        pm.populated(host, 1024, &mut p).unwrap();
-        assert_eq!(p.len(), 1024);
-        assert!(p[1], "page of 0x1234 not populated");
-        assert!(!p[1000], "untouched page populated");
+        let page = |i: u64| pm.any_populated(host + i * PAGE, PAGE as usize).unwrap();
+        assert!(page(1), "page of 0x1234 not populated");
+        assert!(!page(1000), "untouched page populated");
+        // A whole block counts as populated when one of its pages is.
+        assert!(pm.any_populated(host, MEMORY_BLOCK).unwrap());
+        assert!(!pm.any_populated(host + (1 << 20), MEMORY_BLOCK).unwrap());
     }
 
     #[test]

@@ -101,17 +101,6 @@ pub fn ctx(mem: GuestMemoryMmap, queues: Vec<Queue>, event_idx: bool) -> Ctx {
     .expect("ctx")
 }
 
-/// An anonymous in-memory file of `len` bytes (a disk image).
-pub fn memfd(len: u64) -> File {
-    // SAFETY: memfd_create with a static NUL-terminated name.
-    let fd = unsafe { libc::memfd_create(c"fuzz-disk".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create");
-    // SAFETY: fresh fd owned by nobody else.
-    let f = unsafe { File::from_raw_fd(fd) };
-    f.set_len(len).expect("memfd size");
-    f
-}
-
 /// A SOCK_SEQPACKET pair: one end stands in for a TAP (message boundaries
 /// are frame boundaries), the other is the "network".
 pub fn seqpacket_pair() -> (File, File) {

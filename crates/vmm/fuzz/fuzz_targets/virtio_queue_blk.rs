@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use vmm::devices::virtio::block::BlockBackend;
+use vmm::devices::virtio::testing::memfd;
 use vmm::devices::virtio::Backend;
 
 #[path = "common.rs"]

@@ -368,16 +368,9 @@ mod tests {
     use super::*;
     use std::io::{Read, Seek, Write};
 
+    /// An anonymous file of `len` bytes, byte i = i * 7 mod 251.
     fn scratch_file(len: usize) -> File {
-        let path = std::env::temp_dir().join(format!("bh-vectored-{}-{len}", std::process::id()));
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        let _ = std::fs::remove_file(&path);
+        let mut f = super::super::testing::memfd(0);
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         f.write_all(&data).unwrap();
         f

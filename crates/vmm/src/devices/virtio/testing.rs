@@ -9,6 +9,19 @@ use super::mmio::{self, MmioTransport};
 use super::VIRTIO_F_VERSION_1;
 use crate::devices::BusDevice;
 
+/// An anonymous read-write file of `len` zero bytes (a disk image, a
+/// snapshot target): nothing on disk to clean up.
+pub fn memfd(len: u64) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a static NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"bulkhead-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor owned by nothing else.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.set_len(len).expect("memfd size");
+    f
+}
+
 /// Guest memory of `size` bytes at address 0.
 pub fn guest_memory(size: usize) -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).expect("test guest memory")
