@@ -64,6 +64,19 @@ pub enum SerialSpec {
     None,
 }
 
+/// The `--serial` spelling of the backend (what [`parse_serial`] reads).
+impl std::fmt::Display for SerialSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SerialSpec::Stdout => write!(f, "stdout"),
+            SerialSpec::File(p) => write!(f, "file:{}", p.display()),
+            SerialSpec::Socket(p) => write!(f, "socket:{}", p.display()),
+            SerialSpec::Pty => write!(f, "pty"),
+            SerialSpec::None => write!(f, "none"),
+        }
+    }
+}
+
 pub fn parse_serial(s: &str) -> Result<SerialSpec, ConfigError> {
     let err = || ConfigError::Serial(s.to_string());
     match s {
@@ -318,6 +331,9 @@ mod tests {
         assert_eq!(parse_serial("stdout"), Ok(SerialSpec::Stdout));
         assert_eq!(parse_serial("none"), Ok(SerialSpec::None));
         assert_eq!(parse_serial("pty"), Ok(SerialSpec::Pty));
+        for spelling in ["stdout", "none", "pty", "file:/tmp/x", "socket:/run/s"] {
+            assert_eq!(parse_serial(spelling).unwrap().to_string(), spelling);
+        }
         assert_eq!(
             parse_serial("file:/tmp/x"),
             Ok(SerialSpec::File("/tmp/x".into()))

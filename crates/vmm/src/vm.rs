@@ -368,6 +368,7 @@ enum SerialInput {
     Pty {
         master: Arc<File>,
         _slave: File,
+        path: PathBuf,
     },
     Socket {
         listener: UnixListener,
@@ -516,13 +517,6 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("cannot create eventfd")?;
     vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
         .context("KVM_IRQFD for COM1")?;
-    // What `describe` reports as the console.
-    let mut serial_desc = match &cli.serial {
-        SerialSpec::Stdout => "stdout".to_string(),
-        SerialSpec::File(p) => format!("file:{}", p.display()),
-        SerialSpec::Socket(p) => format!("socket:{}", p.display()),
-        SerialSpec::Pty | SerialSpec::None => "none".to_string(),
-    };
     let (out, input) = match &cli.serial {
         SerialSpec::Stdout => (
             SerialOut::Stdout(std::io::stdout()),
@@ -557,17 +551,23 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
         SerialSpec::Pty => {
             let (master, slave, path) = open_pty()?;
             eprintln!("bulkhead-vmm: serial console on {}", path.display());
-            serial_desc = format!("pty:{}", path.display());
             let master = Arc::new(master);
             (
                 SerialOut::Pty(master.clone()),
                 SerialInput::Pty {
                     master,
                     _slave: slave,
+                    path,
                 },
             )
         }
         SerialSpec::None => (SerialOut::Sink, SerialInput::None),
+    };
+    // What `describe` reports as the console: the --serial spelling, with the
+    // terminal's path for a PTY.
+    let serial_desc = match &input {
+        SerialInput::Pty { path, .. } => format!("pty:{}", path.display()),
+        _ => cli.serial.to_string(),
     };
     let serial = match &snap {
         Some(s) => SerialDevice::from_state(serial_irq, out, &SerialState::from(&s.serial))
