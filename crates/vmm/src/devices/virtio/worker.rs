@@ -244,10 +244,8 @@ impl Ctx {
         }
     }
 
+    /// [`Ctx::pop`] without the EVENT_IDX re-arm; callers check `broken`.
     fn pop_once(&mut self, q: usize) -> Option<Chain> {
-        if self.broken {
-            return None;
-        }
         let mem = &self.mem;
         let queue = self.queues.get_mut(q)?;
         let mut iter = match queue.iter(mem) {
@@ -404,7 +402,8 @@ pub trait Backend: Send + 'static {
     fn next_deadline(&self) -> Option<Instant> {
         None
     }
-    /// The instant from [`Backend::next_deadline`] has passed.
+    /// The instant from [`Backend::next_deadline`] has passed. Events handled
+    /// since may have made it moot: act only on what has expired by `now`.
     fn timer(&mut self, _ctx: &mut Ctx, _now: Instant) {}
 }
 
@@ -566,8 +565,11 @@ fn control<B: Backend>(backend: &B, ctx: &mut Ctx, rx: &mpsc::Receiver<Cmd>) -> 
 fn run<B: Backend>(mut backend: B, mut ctx: Ctx, ctl: EventFd, rx: mpsc::Receiver<Cmd>) {
     let mut events = vec![EpollEvent::default(); 64];
     loop {
-        let timeout = epoll_timeout(backend.next_deadline(), Instant::now());
-        let n = match ctx.epoll.wait(timeout, &mut events) {
+        let deadline = backend.next_deadline();
+        let n = match ctx
+            .epoll
+            .wait(epoll_timeout(deadline, Instant::now()), &mut events)
+        {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return,
@@ -591,11 +593,11 @@ fn run<B: Backend>(mut backend: B, mut ctx: Ctx, ctl: EventFd, rx: mpsc::Receive
                 backend.fd_event(&mut ctx, token, ev.event_set());
             }
         }
-        if !ctx.broken {
-            let now = Instant::now();
-            if backend.next_deadline().is_some_and(|d| d <= now) {
-                backend.timer(&mut ctx, now);
-            }
+        // The deadline the wait was bounded by; the events may have cleared
+        // it, so the backend's timer checks for itself what has expired.
+        let now = Instant::now();
+        if !ctx.broken && deadline.is_some_and(|d| d <= now) {
+            backend.timer(&mut ctx, now);
         }
         ctx.flush_interrupts();
         if ctx.broken {
