@@ -9,6 +9,7 @@
 //! [`require_root!`] macro) and print `SKIPPED: <reason>` when a test cannot run.
 
 pub mod clients;
+pub mod platform;
 
 use std::ffi::OsStr;
 use std::fs;

@@ -138,7 +138,7 @@ impl Ops {
             };
             e.op.err = r.err();
             e.op.updated_at = now_rfc3339();
-            let _ = e.done.send(true);
+            e.done.send_replace(true);
             e.op.clone()
         };
         self.emit_op(&op);
@@ -200,7 +200,7 @@ impl Ops {
         if !e.op.may_cancel || e.op.status != OperationStatus::Running {
             return Some(false);
         }
-        let _ = e.cancel.send(true);
+        e.cancel.send_replace(true);
         Some(true)
     }
 }
