@@ -211,3 +211,98 @@ fn process_settings_apply() {
         .any(|e| e == b"ZONE_GREETING=hello zone"));
     assert_eq!(proc_status(pid, "Umask").as_deref(), Some("0027"));
 }
+
+// ---- Issue 9: container-escape regressions (hostile bundles) ----
+
+/// CVE-2019-16884 / CVE-2025-52565 shape: the rootfs's `/proc` is a symlink chain through
+/// a volume the zone controls (`/proc` → `/v/link/p`, rootfs `/v/link` → `/a`; the volume at
+/// `/v` holds `link` → `fake` and `fake/p/self` → `/a/p/self`). Procfs would be mounted
+/// at the link's target and the masks would land in the volume. The runtime must refuse
+/// a `/proc` that is not an ordinary directory, and leave nothing behind.
+#[test]
+fn symlinked_proc_through_a_volume_is_refused() {
+    require_root!();
+    use std::os::unix::fs::symlink;
+    let volume = tempfile::tempdir().expect("volume");
+    let v = volume.path();
+    fs::create_dir_all(v.join("fake/p")).expect("mkdir");
+    symlink("fake", v.join("link")).expect("symlink");
+    symlink("/a/p/self", v.join("fake/p/self")).expect("symlink");
+    let mut b = Bundle::new();
+    let root = b.rootfs();
+    fs::remove_dir(root.join("proc")).expect("rmdir proc");
+    symlink("/v/link/p", root.join("proc")).expect("symlink proc");
+    fs::create_dir_all(root.join("v")).expect("mkdir v");
+    fs::create_dir_all(root.join("a/p")).expect("mkdir a/p");
+    symlink("/a", root.join("v/link")).expect("symlink v/link");
+    b.mount(json!({"destination": "/v", "type": "bind", "source": v,
+                   "options": ["rbind", "rw"]}))
+        .sh("echo keys:$(cat /proc/keys 2>/dev/null | wc -c); \
+             echo timer:$(cat /proc/timer_list 2>/dev/null | wc -c); \
+             echo core > /proc/sys/kernel/core_pattern 2>/dev/null; echo core:$?");
+    let z = Zone::new(b);
+    let o = z.create_with(&[]);
+    o.fails_with_one_line(&["proc", "ordinary directory"]);
+    z.assert_nothing_left();
+    // Nothing was mounted or written into the volume.
+    let mut names: Vec<String> = fs::read_dir(v)
+        .expect("read volume")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fake", "link"], "volume changed");
+    assert!(fs::read_dir(v.join("fake/p")).expect("p").count() == 1);
+
+    // The same with /sys.
+    let mut b = Bundle::new();
+    let root = b.rootfs();
+    fs::remove_dir(root.join("sys")).expect("rmdir sys");
+    fs::create_dir_all(root.join("elsewhere")).expect("mkdir");
+    symlink("/elsewhere", root.join("sys")).expect("symlink sys");
+    b.args(&["true"]);
+    let z = Zone::new(b);
+    let o = z.create_with(&[]);
+    o.fails_with_one_line(&["sysfs", "ordinary directory"]);
+    z.assert_nothing_left();
+}
+
+/// A volume mounted over a path of `/proc` (here a directory the zone controls bound at
+/// `/proc/sys`) must not receive the read-only remount meant for procfs: every masked and
+/// read-only target is resolved inside the root and checked to be on procfs/sysfs.
+#[test]
+fn masks_only_land_on_procfs_and_sysfs() {
+    require_root!();
+    let volume = tempfile::tempdir().expect("volume");
+    fs::create_dir_all(volume.path().join("kernel")).expect("mkdir");
+    let mut b = Bundle::new();
+    b.mount(json!({"destination": "/proc/sys", "type": "bind",
+                   "source": volume.path(), "options": ["rbind", "rw"]}))
+        .args(&["true"]);
+    let z = Zone::new(b);
+    let o = z.create_with(&[]);
+    o.fails_with_one_line(&["/proc/sys", "procfs"]);
+    z.assert_nothing_left();
+}
+
+/// CVE-2025-31133: the mask source `/dev/null` must be the real null device. A bundle that
+/// puts a file of its own at `/dev/null` would turn every "masked" file into a bind mount
+/// of that file (writable, attacker-chosen); the runtime refuses.
+#[test]
+fn fake_dev_null_is_not_used_as_a_mask() {
+    require_root!();
+    let b0 = tempfile::tempdir().expect("dir");
+    let fake = b0.path().join("fake-null");
+    fs::write(&fake, "not the null device\n").expect("write");
+    let mut b = Bundle::new();
+    b.mount(json!({"destination": "/dev/null", "type": "bind",
+                   "source": fake, "options": ["bind", "rw"]}))
+        .args(&["true"]);
+    let z = Zone::new(b);
+    let o = z.create_with(&[]);
+    o.fails_with_one_line(&["/dev/null", "null device"]);
+    z.assert_nothing_left();
+    assert_eq!(
+        fs::read_to_string(&fake).expect("fake"),
+        "not the null device\n"
+    );
+}
