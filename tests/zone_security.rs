@@ -306,3 +306,62 @@ fn fake_dev_null_is_not_used_as_a_mask() {
         "not the null device\n"
     );
 }
+
+/// CVE-2024-21626 shape: a directory fd the caller leaked (`exec 9</usr/lib`) must not let
+/// `args[0] = /proc/self/fd/9/../../bin/busybox` run the host's binary, in `run` or
+/// `exec`. The rootfs has no /usr at all, so success can only mean a host escape.
+#[test]
+fn leaked_directory_fd_cannot_reach_the_host_binary() {
+    require_root!();
+    let host_bin = "/proc/self/fd/9/../../bin/busybox";
+    if !std::path::Path::new("/usr/lib/../../bin/busybox").exists() {
+        println!("SKIPPED: host has no /bin/busybox");
+        return;
+    }
+    let mut b = Bundle::new();
+    b.args(&[host_bin, "echo", "ESCAPED"]);
+    let z = Zone::new(b);
+    let script = format!(
+        "exec 9</usr/lib; exec '{}' --root '{}' run --bundle '{}' '{}'",
+        z.runtime_path().display(),
+        z.state_root().display(),
+        z.bundle.path().display(),
+        z.id
+    );
+    let o = system_tests::run_cmd(std::process::Command::new("sh").arg("-c").arg(&script));
+    assert_ne!(o.code, 0, "run through a leaked fd succeeded: {o:#?}");
+    assert!(!o.stdout.contains("ESCAPED"), "host binary ran: {o:#?}");
+    assert!(
+        o.stderr.contains("no such executable"),
+        "unexpected error: {o:#?}"
+    );
+    z.assert_nothing_left();
+
+    // exec into a running zone.
+    let mut b = Bundle::new();
+    b.sh("touch /tmp/ready; sleep 1000");
+    let z = Zone::new(b);
+    z.spawn(Some("/tmp/ready"));
+    let script = format!(
+        "exec 9</usr/lib; exec '{}' --root '{}' exec '{}' {host_bin} echo ESCAPED",
+        z.runtime_path().display(),
+        z.state_root().display(),
+        z.id
+    );
+    let o = system_tests::run_cmd(std::process::Command::new("sh").arg("-c").arg(&script));
+    assert_ne!(o.code, 0, "exec through a leaked fd succeeded: {o:#?}");
+    assert!(!o.stdout.contains("ESCAPED"), "host binary ran: {o:#?}");
+    // The fd is not even visible to a process exec'd normally.
+    let script = format!(
+        "exec 9</usr/lib; exec '{}' --root '{}' exec '{}' ls /proc/self/fd",
+        z.runtime_path().display(),
+        z.state_root().display(),
+        z.id
+    );
+    let o = system_tests::run_cmd(std::process::Command::new("sh").arg("-c").arg(&script));
+    o.ok();
+    assert!(
+        !o.stdout.split_whitespace().any(|f| f == "9"),
+        "fd 9 leaked into the zone: {o:#?}"
+    );
+}

@@ -152,7 +152,9 @@ struct InitCtx<'a> {
     id: &'a str,
     spec: &'a Spec,
     rootfs: &'a Path,
-    fifo: PathBuf,
+    /// The exec fifo, opened (O_PATH) by the parent: the init never reaches
+    /// the state directory by path, which a mapped user may not traverse.
+    fifo: std::os::fd::RawFd,
     no_pivot: bool,
     preserve_fds: u32,
     seccomp: Option<crate::seccomp::BpfProgram>,
@@ -284,12 +286,14 @@ fn create_inner(
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .ctx(|| format!("chmod {}", fifo.display()))?;
+    let fifo_fd = nix::fcntl::open(&fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .ctx(|| format!("open {}", fifo.display()))?;
 
     let ctx = InitCtx {
         id: &opts.id,
         spec,
         rootfs: &bundle.rootfs,
-        fifo,
+        fifo: fifo_fd.as_raw_fd(),
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
         seccomp,
@@ -473,6 +477,9 @@ fn stage1_main(ctx: &InitCtx, ch: &Channel) -> ! {
 }
 
 fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
+    // Nothing the caller left open (beyond the preserved fds) may reach the
+    // zone, not even while paths are resolved (CVE-2024-21626).
+    crate::hardening::close_fds_except(3 + ctx.preserve_fds, &[ch.raw(), ctx.fifo])?;
     let nss = namespaces(ctx.spec);
     // Join namespaces given by path, user namespace first.
     let mut joins = Vec::new();
@@ -678,8 +685,9 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
         ch.send("PTY", &name, Some(master.as_raw_fd()))?;
         drop(master);
     }
-    let fifo = nix::fcntl::open(&ctx.fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .ctx(|| format!("open {}", ctx.fifo.display()))?;
+    // SAFETY: the fifo descriptor was opened by the parent before fork and
+    // is owned by nobody else in this process.
+    let fifo = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ctx.fifo) };
     let hooks = hooks_of(spec);
     let mut state_json = String::new();
     let mut cg_ok = false;
@@ -1201,6 +1209,10 @@ fn exec_stage1(
     seccomp: Option<&crate::seccomp::BpfProgram>,
     ch: &Channel,
 ) -> Result<()> {
+    // CVE-2024-21626: close what the caller leaked before any path lookup.
+    let mut keep: Vec<std::os::fd::RawFd> = joins.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    keep.push(ch.raw());
+    crate::hardening::close_fds_except(3 + preserve_fds, &keep)?;
     for (t, fd) in joins {
         nix::sched::setns(fd.as_fd(), ns_flag(*t))
             .ctx(|| format!("setns into the zone's {} namespace", ns_file(*t)))?;
