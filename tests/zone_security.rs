@@ -365,3 +365,44 @@ fn leaked_directory_fd_cannot_reach_the_host_binary() {
         "fd 9 leaked into the zone: {o:#?}"
     );
 }
+
+/// CVE-2022-29162: the config written by `spec` has no inheritable and no ambient
+/// capabilities (runc's default since 1.1.2), so `exec -u 1000` gets none at all.
+#[test]
+fn default_spec_has_no_inheritable_or_ambient_capabilities() {
+    require_root!();
+    let dir = tempfile::tempdir().expect("dir");
+    let z0 = Zone::new(Bundle::new());
+    let mut c = z0.cmd(&["spec", "--bundle"]);
+    c.arg(dir.path());
+    system_tests::run_cmd(&mut c).ok();
+    let spec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("config.json")).expect("read"))
+            .expect("json");
+    let caps = &spec["process"]["capabilities"];
+    for set in ["inheritable", "ambient"] {
+        assert!(
+            caps[set].as_array().is_none_or(|a| a.is_empty()),
+            "{set} not empty: {caps}"
+        );
+    }
+    assert!(caps["bounding"].as_array().is_some_and(|a| !a.is_empty()));
+    // A zone with those capabilities: a non-root exec keeps nothing.
+    let mut b = Bundle::new();
+    b.set("/process/capabilities", caps.clone())
+        .sh("touch /tmp/ready; sleep 1000");
+    let z = Zone::new(b);
+    z.spawn(Some("/tmp/ready"));
+    let o = z.exec(
+        &["-u", "1000"],
+        &[
+            "sh",
+            "-c",
+            "grep -E '^Cap(Inh|Prm|Eff|Amb)' /proc/self/status | tr -d '\\t'",
+        ],
+    );
+    o.ok();
+    for f in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(field(&o.stdout, f), "0000000000000000", "{o:#?}");
+    }
+}
