@@ -5,7 +5,39 @@
 
 use std::fs;
 
+use serde_json::json;
 use system_tests::{proc_status, require_root, Bundle, Zone};
+
+/// Docker's default profile writes `{"index":0,"value":2114060288,"op":"SCMP_CMP_MASKED_EQ"}`
+/// (no valueTwo, meaning 0). Here: `personality(2)` fails with EPERM when
+/// `(persona & 0xffff) == 0`; `linux64` calls personality(PER_LINUX = 0).
+#[test]
+fn seccomp_masked_eq_without_value_two_means_zero() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.set(
+        "/linux/seccomp",
+        json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                          "args": [{"index": 0, "value": 65535, "op": "SCMP_CMP_MASKED_EQ"}]},
+                         {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                          "args": [{"index": 0, "value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}]}]
+        }),
+    )
+    .sh("linux64 true 2>&1; echo personality:$?; echo alive");
+    let z = Zone::new(b);
+    let o = z.run();
+    o.ok();
+    assert!(o.stdout.contains("alive"), "{o:#?}");
+    let rc = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("personality:"))
+        .expect("personality line");
+    assert_ne!(rc, "0", "personality(0) was not filtered: {o:#?}");
+}
 
 /// Make a state root private (0700), as `mktemp -d` creates it.
 fn private(p: &std::path::Path) {
