@@ -68,3 +68,23 @@ fn user_namespace_with_private_state_root_runs() {
     let uid = proc_status(z.pid(), "Uid").expect("Uid");
     assert!(uid.split_whitespace().all(|u| u == "100000"), "{uid}");
 }
+
+/// runc accepts a device-cgroup rule of type "p" (FIFOs are not gated by the device
+/// cgroup) and skips it; the other rules still apply.
+#[test]
+fn fifo_device_rule_is_accepted_and_skipped() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.set(
+        "/linux/resources/devices",
+        json!([{"allow": false, "access": "rwm"},
+               {"allow": true, "type": "p", "access": "rwm"}]),
+    )
+    .sh("mkfifo /tmp/f && echo fifo:ok; head -c1 /dev/zero | wc -c");
+    let z = Zone::new(b);
+    let o = z.run();
+    o.ok();
+    assert!(o.stdout.contains("fifo:ok"), "{o:#?}");
+    // The default devices (here /dev/zero) are still allowed.
+    assert!(o.stdout.lines().any(|l| l.trim() == "1"), "{o:#?}");
+}
