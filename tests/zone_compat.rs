@@ -88,3 +88,25 @@ fn fifo_device_rule_is_accepted_and_skipped() {
     // The default devices (here /dev/zero) are still allowed.
     assert!(o.stdout.lines().any(|l| l.trim() == "1"), "{o:#?}");
 }
+
+/// The runtime spec: an unknown or unavailable capability is logged and does not fail
+/// creation; the known ones still apply.
+#[test]
+fn unknown_capability_warns_and_runs() {
+    require_root!();
+    let caps = ["CAP_KILL", "CAP_NOT_A_REAL_ONE"];
+    let mut b = Bundle::new();
+    b.set(
+        "/process/capabilities",
+        json!({"bounding": caps, "effective": caps, "permitted": caps}),
+    )
+    .sh("grep CapEff /proc/self/status | tr -d '\\t'");
+    let z = Zone::new(b);
+    let o = z.run();
+    o.ok();
+    assert!(o.stdout.contains("CapEff:0000000000000020"), "{o:#?}");
+    assert!(
+        o.stderr.contains("CAP_NOT_A_REAL_ONE") && o.stderr.contains("warning"),
+        "{o:#?}"
+    );
+}

@@ -404,7 +404,17 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
         bail!("--apparmor: AppArmor is not supported by bulkhead-runc");
     }
     let mut process = if let Some(p) = &e.process {
-        let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+        let mut text =
+            std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&text) {
+            let warnings = zone::spec::drop_unknown_capabilities(&mut v);
+            if !warnings.is_empty() {
+                for w in &warnings {
+                    eprintln!("bulkhead-runc: warning: {w}");
+                }
+                text = v.to_string();
+            }
+        }
         let de = &mut serde_json::Deserializer::from_str(&text);
         let proc: oci_spec::runtime::Process =
             serde_path_to_error_deserialize(de).map_err(|err| anyhow!("{}: {err}", p.display()))?;

@@ -18,3 +18,9 @@ pub mod state;
 pub mod sync;
 
 pub use error::{Result, ZoneError};
+
+/// A warning that does not stop the operation (unknown capability, failing
+/// poststart hook…), on stderr where runc prints its warnings.
+pub(crate) fn warn(msg: &str) {
+    eprintln!("bulkhead-runc: warning: {msg}");
+}
