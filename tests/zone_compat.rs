@@ -110,3 +110,38 @@ fn unknown_capability_warns_and_runs() {
         "{o:#?}"
     );
 }
+
+/// Namespaces joined by `path` (including the mount namespace) still get the zone's root:
+/// the process is found inside the rootfs, not in the host's tree.
+#[test]
+fn joined_namespaces_by_path_find_the_process_in_the_root() {
+    require_root!();
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--mount", "--uts", "--ipc", "--net", "--propagation", "private"])
+        .args(["sleep", "1000"])
+        .spawn()
+        .expect("unshare");
+    let pid = holder.id();
+    // Wait until the holder has entered its namespaces.
+    system_tests::wait_for("unshare'd holder", || {
+        let own = fs::read_link("/proc/self/ns/mnt").ok()?;
+        let its = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+        (own != its).then_some(())
+    });
+    let mut b = Bundle::new();
+    let ns = |t: &str, f: &str| json!({"type": t, "path": format!("/proc/{pid}/ns/{f}")});
+    b.set(
+        "/linux/namespaces",
+        json!([{"type": "pid"}, ns("mount", "mnt"), ns("uts", "uts"),
+               ns("ipc", "ipc"), ns("network", "net")]),
+    )
+    .set("/hostname", json!(null))
+    .args(&["/bin/sh", "-c", "echo inside:$(cat /marker-in-root)"]);
+    fs::write(b.rootfs().join("marker-in-root"), "zone-root\n").expect("marker");
+    let z = Zone::new(b);
+    let o = z.run();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    o.ok();
+    assert!(o.stdout.contains("inside:zone-root"), "{o:#?}");
+}

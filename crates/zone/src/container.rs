@@ -646,8 +646,12 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
     let nss = namespaces(spec);
     let has_new = |t| nss.iter().any(|n| n.typ() == t && n.path().is_none());
     let userns = nss.iter().any(|n| n.typ() == LinuxNamespaceType::User);
+    // A mount namespace joined by path gets the root file system too (runc
+    // does the same): without it the init would look for the process in the
+    // host's tree.
+    let mount_ns = nss.iter().any(|n| n.typ() == LinuxNamespaceType::Mount);
 
-    if has_new(LinuxNamespaceType::Mount) {
+    if mount_ns {
         crate::mounts::prepare_rootfs(&crate::mounts::RootfsConfig {
             spec,
             rootfs: ctx.rootfs,
@@ -707,7 +711,7 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
             &state_json,
         )?;
     }
-    if has_new(LinuxNamespaceType::Mount) {
+    if mount_ns {
         crate::mounts::enter_root(ctx.rootfs, ctx.no_pivot)?;
     }
     for (k, v) in spec
@@ -720,7 +724,7 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
         std::fs::write(&p, v.as_bytes())
             .map_err(|e| ZoneError::io(&format!("set sysctl {k}: write"), &p, e))?;
     }
-    if has_new(LinuxNamespaceType::Mount) {
+    if mount_ns {
         crate::mounts::finish_rootfs(spec)?;
     }
     crate::process::set_rlimits(process.rlimits().as_deref().unwrap_or(&[]))?;
