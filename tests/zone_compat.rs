@@ -6,7 +6,7 @@
 use std::fs;
 
 use serde_json::json;
-use system_tests::{proc_status, require_root, Bundle, Zone};
+use system_tests::{proc_status, require_root, run_cmd, Bundle, Zone};
 
 /// Docker's default profile writes `{"index":0,"value":2114060288,"op":"SCMP_CMP_MASKED_EQ"}`
 /// (no valueTwo, meaning 0). Here: `personality(2)` fails with EPERM when
@@ -144,4 +144,19 @@ fn joined_namespaces_by_path_find_the_process_in_the_root() {
     let _ = holder.wait();
     o.ok();
     assert!(o.stdout.contains("inside:zone-root"), "{o:#?}");
+}
+
+/// `start`/`delete` without an id: one line in runc's shape, exit 1.
+#[test]
+fn missing_container_id_is_one_runc_line() {
+    require_root!();
+    let z = Zone::new(Bundle::new());
+    for cmd in ["start", "delete", "state", "pause"] {
+        let o = run_cmd(&mut z.cmd(&[cmd]));
+        assert_eq!(o.code, 1, "{o:#?}");
+        o.fails_with_one_line(&[&format!("\"{cmd}\" requires exactly 1 argument(s)")]);
+    }
+    let o = run_cmd(&mut z.cmd(&["exec"]));
+    assert_eq!(o.code, 1, "{o:#?}");
+    o.fails_with_one_line(&["\"exec\" requires a minimum of 1 argument(s)"]);
 }

@@ -244,6 +244,13 @@ fn main() {
                 let _ = e.print();
                 std::process::exit(0);
             }
+            if e.kind() == ErrorKind::MissingRequiredArgument {
+                let argv: Vec<String> = std::env::args().skip(1).collect();
+                if let Some(msg) = missing_args_message(&argv) {
+                    eprintln!("bulkhead-runc: {msg}");
+                    std::process::exit(1);
+                }
+            }
             let msg = e.to_string();
             let first = msg
                 .lines()
@@ -267,6 +274,29 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// runc's one-line shape for a command given too few arguments:
+/// `"start" requires exactly 1 argument(s)`. `argv` is without the program name.
+fn missing_args_message(argv: &[String]) -> Option<String> {
+    // Global options that take a value (the value is not the command).
+    const VALUED: &[&str] = &["--root", "--log", "--log-format", "--criu"];
+    let mut it = argv.iter();
+    let cmd = loop {
+        let a = it.next()?;
+        if VALUED.contains(&a.as_str()) {
+            it.next();
+        } else if !a.starts_with('-') {
+            break a.as_str();
+        }
+    };
+    let rule = match cmd {
+        "exec" | "kill" | "ps" => "a minimum of 1",
+        "create" | "start" | "run" | "state" | "delete" | "pause" | "resume" | "events"
+        | "update" => "exactly 1",
+        _ => return None,
+    };
+    Some(format!("{cmd:?} requires {rule} argument(s)"))
 }
 
 /// The error and its causes on one line, outermost first. Library errors
@@ -777,6 +807,24 @@ mod tests {
         let line = one_line_error(&e);
         assert_eq!(line.matches("busy").count(), 1, "{line}");
         assert!(line.starts_with("create: writing 1"), "{line}");
+    }
+
+    #[test]
+    fn missing_argument_messages_are_runc_shaped() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            missing_args_message(&v(&["start"])).as_deref(),
+            Some("\"start\" requires exactly 1 argument(s)")
+        );
+        assert_eq!(
+            missing_args_message(&v(&["--root", "/x", "delete", "--force"])).as_deref(),
+            Some("\"delete\" requires exactly 1 argument(s)")
+        );
+        assert_eq!(
+            missing_args_message(&v(&["exec"])).as_deref(),
+            Some("\"exec\" requires a minimum of 1 argument(s)")
+        );
+        assert_eq!(missing_args_message(&v(&["--debug"])), None);
     }
 
     #[test]
