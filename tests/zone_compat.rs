@@ -117,7 +117,14 @@ fn unknown_capability_warns_and_runs() {
 fn joined_namespaces_by_path_find_the_process_in_the_root() {
     require_root!();
     let mut holder = std::process::Command::new("unshare")
-        .args(["--mount", "--uts", "--ipc", "--net", "--propagation", "private"])
+        .args([
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--propagation",
+            "private",
+        ])
         .args(["sleep", "1000"])
         .spawn()
         .expect("unshare");

@@ -406,3 +406,32 @@ fn default_spec_has_no_inheritable_or_ambient_capabilities() {
         assert_eq!(field(&o.stdout, f), "0000000000000000", "{o:#?}");
     }
 }
+
+/// CVE-2016-9962: while the zone's init is still the runtime (created, waiting on the exec
+/// fifo, holding the fifo's descriptor), a process exec'd into the zone must not be able to
+/// look into it through /proc/1/fd (nor ptrace it): the runtime is non-dumpable until
+/// execve. After start, the workload is an ordinary (dumpable) process again.
+#[test]
+fn runtime_stages_are_not_dumpable_before_execve() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.sh("touch /tmp/started; sleep 1000");
+    let z = Zone::new(b);
+    z.create();
+    let probe = "readlink /proc/1/fd/0 >/dev/null 2>&1; echo fd:$?; \
+                 head -c1 /proc/1/environ >/dev/null 2>&1; echo environ:$?";
+    let o = z.exec(&[], &["sh", "-c", probe]);
+    o.ok();
+    assert_ne!(field(&o.stdout, "fd"), "0", "/proc/1/fd readable: {o:#?}");
+    assert_ne!(
+        field(&o.stdout, "environ"),
+        "0",
+        "/proc/1/environ readable: {o:#?}"
+    );
+    z.start();
+    let marker = z.bundle.rootfs().join("tmp/started");
+    system_tests::wait_for("zone start", || marker.exists().then_some(()));
+    let o = z.exec(&[], &["sh", "-c", probe]);
+    o.ok();
+    assert_eq!(field(&o.stdout, "fd"), "0", "{o:#?}");
+}

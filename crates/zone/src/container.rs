@@ -480,6 +480,10 @@ fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
     // Nothing the caller left open (beyond the preserved fds) may reach the
     // zone, not even while paths are resolved (CVE-2024-21626).
     crate::hardening::close_fds_except(3 + ctx.preserve_fds, &[ch.raw(), ctx.fifo])?;
+    // CVE-2016-9962: until execve, nothing in the zone may ptrace us or open
+    // our descriptors through /proc/<pid>/fd (execve makes the process
+    // dumpable again).
+    crate::process::set_dumpable(false)?;
     let nss = namespaces(ctx.spec);
     // Join namespaces given by path, user namespace first.
     let mut joins = Vec::new();
@@ -496,8 +500,11 @@ fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
     }
     if new_user_ns(ctx.spec) {
         nix::sched::unshare(CloneFlags::CLONE_NEWUSER).ctx(|| "unshare user namespace")?;
+        // The parent writes our id maps: only possible while we are dumpable.
+        crate::process::set_dumpable(true)?;
         ch.send("MAP", "", None)?;
         ch.expect("MAPPED")?;
+        crate::process::set_dumpable(false)?;
         nix::unistd::setresgid(
             nix::unistd::Gid::from_raw(0),
             nix::unistd::Gid::from_raw(0),
@@ -1217,6 +1224,8 @@ fn exec_stage1(
     let mut keep: Vec<std::os::fd::RawFd> = joins.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     keep.push(ch.raw());
     crate::hardening::close_fds_except(3 + preserve_fds, &keep)?;
+    // CVE-2016-9962: zone processes must not ptrace us before execve.
+    crate::process::set_dumpable(false)?;
     for (t, fd) in joins {
         nix::sched::setns(fd.as_fd(), ns_flag(*t))
             .ctx(|| format!("setns into the zone's {} namespace", ns_file(*t)))?;

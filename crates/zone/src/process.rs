@@ -263,6 +263,17 @@ pub fn set_user(u: &User) -> Result<()> {
     Ok(())
 }
 
+/// prctl(PR_SET_DUMPABLE): a non-dumpable process cannot be ptraced and its
+/// /proc/<pid> files (fd, environ, mem) are closed to the zone; execve of a
+/// readable binary makes it dumpable again.
+pub fn set_dumpable(on: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) } < 0 {
+        return Err(ZoneError::sys("prctl(PR_SET_DUMPABLE)", Errno::last()));
+    }
+    Ok(())
+}
+
 /// prctl(PR_SET_NO_NEW_PRIVS).
 pub fn set_no_new_privs() -> Result<()> {
     // SAFETY: prctl with integer arguments.
