@@ -435,3 +435,34 @@ fn runtime_stages_are_not_dumpable_before_execve() {
     o.ok();
     assert_eq!(field(&o.stdout, "fd"), "0", "{o:#?}");
 }
+
+/// CVE-2025-52881 shape: a volume bound below `/proc/sys` must not receive the write meant
+/// for a sysctl; sysctls are written only to files on the zone's procfs.
+#[test]
+fn sysctl_writes_only_reach_procfs() {
+    require_root!();
+    let volume = tempfile::tempdir().expect("volume");
+    fs::create_dir_all(volume.path().join("ipv4")).expect("mkdir");
+    fs::write(volume.path().join("ipv4/ip_forward"), "untouched\n").expect("write");
+    let mut b = Bundle::new();
+    b.mount(json!({"destination": "/proc/sys/net", "type": "bind",
+                   "source": volume.path(), "options": ["rbind", "rw"]}))
+        .set("/linux/sysctl", json!({"net.ipv4.ip_forward": "1"}))
+        .args(&["true"]);
+    let z = Zone::new(b);
+    let o = z.create_with(&[]);
+    o.fails_with_one_line(&["net.ipv4.ip_forward", "procfs"]);
+    z.assert_nothing_left();
+    assert_eq!(
+        fs::read_to_string(volume.path().join("ipv4/ip_forward")).expect("read"),
+        "untouched\n"
+    );
+    // A plain sysctl still applies.
+    let mut b = Bundle::new();
+    b.set("/linux/sysctl", json!({"net.ipv4.ip_forward": "1"}))
+        .sh("cat /proc/sys/net/ipv4/ip_forward");
+    let z = Zone::new(b);
+    let o = z.run();
+    o.ok();
+    assert_eq!(o.out(), "1", "{o:#?}");
+}

@@ -728,7 +728,11 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
         .unwrap_or_default()
     {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v.as_bytes())
+        // CVE-2025-52881: write only to the file on the zone's procfs, opened
+        // inside the root without symlinks, never a redirected path.
+        let mut f = crate::mounts::open_procfs_file_for_write(&p)
+            .map_err(|e| ZoneError::Msg(format!("set sysctl {k}: {e}")))?;
+        std::io::Write::write_all(&mut f, v.as_bytes())
             .map_err(|e| ZoneError::io(&format!("set sysctl {k}: write"), &p, e))?;
     }
     if mount_ns {

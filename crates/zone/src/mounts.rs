@@ -901,6 +901,38 @@ fn open_target(root: &OwnedFd, list: &str, p: &str) -> Result<Option<OwnedFd>> {
     Ok(Some(fd))
 }
 
+/// Open a file below `/proc` of the current root for writing: resolved inside
+/// the root without any symlink, checked with fstatfs to be on procfs, then
+/// reopened for writing through its descriptor.
+pub fn open_procfs_file_for_write(path: &Path) -> Result<std::fs::File> {
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "open /")?;
+    let rel: PathBuf = rel_components(path).iter().collect();
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = openat2(root.as_fd(), &rel, how).ctx(|| format!("open {}", path.display()))?;
+    let m = fs_magic(&fd)?;
+    if m != PROC_SUPER_MAGIC {
+        return Err(ZoneError::Msg(format!(
+            "{} is not on procfs (file system magic {m:#x})",
+            path.display()
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(fd_path(&fd))
+        .map_err(|e| ZoneError::io("open for writing", path, e))
+}
+
 /// The zone's `/dev/null`, checked to be the real null device (char 1:3) before
 /// it is bind-mounted over masked files (CVE-2025-31133: a /dev/null replaced by
 /// a symlink or another file would make the "mask" a bind of that file).
