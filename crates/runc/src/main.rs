@@ -5,6 +5,7 @@
 
 mod defaults;
 mod foreground;
+mod stderr_log;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -261,6 +262,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    stderr_log::StderrLog::install(cli.debug);
     let logger = Logger {
         file: cli.log.clone(),
         json: cli.log_format == "json",
@@ -440,7 +442,7 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
             let warnings = zone::spec::drop_unknown_capabilities(&mut v);
             if !warnings.is_empty() {
                 for w in &warnings {
-                    eprintln!("bulkhead-runc: warning: {w}");
+                    tracing::warn!("{w}");
                 }
                 text = v.to_string();
             }
@@ -708,7 +710,7 @@ fn events(root: &Path, id: &str, stats: bool, interval: &str) -> Result<i32> {
                 "{}",
                 serde_json::json!({"type": "stats", "id": id, "data": s})
             ),
-            Err(e) => eprintln!("bulkhead-runc: warning: stats: {e}"),
+            Err(e) => tracing::warn!("stats: {e}"),
         }
         let _ = std::io::stdout().flush();
         std::thread::sleep(every);

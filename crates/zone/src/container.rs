@@ -124,7 +124,7 @@ fn child_exit(code: i32) -> ! {
 /// Report an error from a forked child and exit.
 fn child_fail(ch: &Channel, e: &ZoneError) -> ! {
     if ch.send("ERR", &e.to_string(), None).is_err() {
-        eprintln!("bulkhead-runc init: {e}");
+        tracing::error!("zone init: {e}");
     }
     child_exit(1)
 }
@@ -794,7 +794,14 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
     })();
     // After READY the parent is gone: report on the zone's stderr.
     let Err(e) = result;
-    eprintln!("bulkhead-runc init ({}): {e}", ctx.id);
+    // Nobody is left to receive an error message: this is the zone's own
+    // stderr (as with runc), written directly so it does not depend on the
+    // caller having installed a tracing subscriber.
+    tracing::error!(id = ctx.id, "zone init failed: {e}");
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("bulkhead-runc init ({}): {e}\n", ctx.id).as_bytes(),
+    );
     child_exit(127)
 }
 
@@ -906,7 +913,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     let hooks = hooks_of(&st.config);
     for h in hooks.poststart().iter().flatten() {
         if let Err(e) = crate::hooks::run_hook("poststart", h, &st.oci_state(Status::Running)) {
-            eprintln!("bulkhead-runc: warning: {e}");
+            tracing::warn!(id, "{e}");
         }
     }
     Ok(())
@@ -978,7 +985,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     let hooks = hooks_of(&st.config);
     for h in hooks.poststop().iter().flatten() {
         if let Err(e) = crate::hooks::run_hook("poststop", h, &st.oci_state(Status::Stopped)) {
-            eprintln!("bulkhead-runc: warning: {e}");
+            tracing::warn!(id, "{e}");
         }
     }
     let destroyed = cg.destroy();

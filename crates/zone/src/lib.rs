@@ -3,6 +3,10 @@
 //! rlimits, seccomp, cgroups v1/v2, hooks — and manages its lifecycle and state.
 //!
 //! The `bulkhead-runc` binary is a thin command line over this library.
+//!
+//! Warnings that do not stop an operation (an unknown capability, a failing
+//! poststart hook) are `tracing` events; the library never prints. A caller
+//! that wants them on stderr installs a subscriber (bulkhead-runc does).
 
 pub mod cgroups;
 pub mod container;
@@ -18,9 +22,3 @@ pub mod state;
 pub mod sync;
 
 pub use error::{Result, ZoneError};
-
-/// A warning that does not stop the operation (unknown capability, failing
-/// poststart hook…), on stderr where runc prints its warnings.
-pub(crate) fn warn(msg: &str) {
-    eprintln!("bulkhead-runc: warning: {msg}");
-}

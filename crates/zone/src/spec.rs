@@ -67,7 +67,7 @@ pub fn drop_unknown_capabilities(process: &mut serde_json::Value) -> Vec<String>
 }
 
 /// Parse config.json text; errors read `config.json: <json path>: <problem>`.
-/// Unknown capabilities are dropped with a warning on stderr.
+/// Unknown capabilities are dropped with a `tracing` warning.
 pub fn parse(text: &str) -> Result<Spec> {
     let mut owned = None;
     if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(text) {
@@ -75,7 +75,7 @@ pub fn parse(text: &str) -> Result<Spec> {
             let warnings = drop_unknown_capabilities(p);
             if !warnings.is_empty() {
                 for w in &warnings {
-                    crate::warn(w);
+                    tracing::warn!("{w}");
                 }
                 owned = Some(v.to_string());
             }
