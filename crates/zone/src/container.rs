@@ -3,7 +3,7 @@
 //! zone, kill, pause/resume, delete, list, stats and update. Every failure of
 //! `create` removes what it made (process, cgroup, state directory).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -31,6 +31,10 @@ pub struct CreateOpts {
     pub preserve_fds: u32,
     /// Keep the pty master (foreground `run` without a console socket).
     pub keep_console: bool,
+    /// Descriptors the zone's init gets as its stdin, stdout and stderr instead of
+    /// the caller's own 0/1/2 (a monitor hands it pipes or sockets). They stay the
+    /// caller's: `create` duplicates them. Ignored when `process.terminal` is set.
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// Result of create/exec: the host pid and, if kept, the pty master.
@@ -161,6 +165,8 @@ struct InitCtx<'a> {
     cgroup_sources: Vec<(PathBuf, String)>,
     /// Unshare the cgroup namespace once the init is in its cgroup.
     new_cgroupns: bool,
+    /// Replacement stdin/stdout/stderr.
+    stdio: Option<[RawFd; 3]>,
 }
 
 /// Create a zone; returns once its init waits on the exec fifo.
@@ -301,6 +307,7 @@ fn create_inner(
         new_cgroupns: namespaces(spec)
             .iter()
             .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()),
+        stdio: opts.stdio,
     };
     let (parent_ch, child_ch) = crate::sync::pair()?;
     set_subreaper();
@@ -477,6 +484,9 @@ fn stage1_main(ctx: &InitCtx, ch: &Channel) -> ! {
 }
 
 fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
+    if let Some(fds) = ctx.stdio {
+        crate::hardening::install_stdio(fds)?;
+    }
     // Nothing the caller left open (beyond the preserved fds) may reach the
     // zone, not even while paths are resolved (CVE-2024-21626).
     crate::hardening::close_fds_except(3 + ctx.preserve_fds, &[ch.raw(), ctx.fifo])?;
@@ -1052,14 +1062,24 @@ pub fn load(root: &Path, id: &str) -> Result<(State, StateDir)> {
     State::load(root, id)
 }
 
-/// `{"type":"stats","id":…,"data":…}`.
-pub fn stats_event(root: &Path, id: &str) -> Result<serde_json::Value> {
+pub use crate::resources::{ResourceUpdate, ZoneStats};
+
+/// Resource use of a zone, typed (see [`ZoneStats`]).
+pub fn stats(root: &Path, id: &str) -> Result<ZoneStats> {
     let (st, _) = State::load(root, id)?;
-    let s = Cgroup::from_state(&st.cgroup).stats()?;
-    Ok(serde_json::json!({"type": "stats", "id": id, "data": s}))
+    let cg = Cgroup::from_state(&st.cgroup);
+    let s = cg.stats()?;
+    Ok(ZoneStats::from_cgroup(s, cg.oom_kill_count().unwrap_or(0)))
 }
 
-/// Apply new resource limits to a zone and remember them.
+/// `{"type":"stats","id":…,"data":…}` (runc's `events --stats` line).
+pub fn stats_event(root: &Path, id: &str) -> Result<serde_json::Value> {
+    Ok(stats(root, id)?.event_json(id))
+}
+
+/// Apply new resource limits to a zone and remember them: the given limits
+/// are written to the cgroup and merged into the zone's recorded resources
+/// (limits not given keep their recorded values).
 pub fn update(root: &Path, id: &str, r: &oci_spec::runtime::LinuxResources) -> Result<()> {
     let (mut st, sd) = State::load(root, id)?;
     if st.status(&sd) == Status::Stopped {
@@ -1067,15 +1087,55 @@ pub fn update(root: &Path, id: &str, r: &oci_spec::runtime::LinuxResources) -> R
     }
     Cgroup::from_state(&st.cgroup).apply(r)?;
     if let Some(l) = st.config.linux_mut() {
-        l.set_resources(Some(r.clone()));
+        let merged = match l.resources() {
+            Some(old) => merge_resources(old, r)?,
+            None => r.clone(),
+        };
+        l.set_resources(Some(merged));
     }
     st.save(&sd)
+}
+
+/// Typed form of [`update`]: change only the limits set in `u`.
+pub fn update_resources(root: &Path, id: &str, u: &ResourceUpdate) -> Result<()> {
+    update(root, id, &u.to_resources())
+}
+
+/// `new`'s set fields over `old` (objects merged key by key).
+fn merge_resources(
+    old: &oci_spec::runtime::LinuxResources,
+    new: &oci_spec::runtime::LinuxResources,
+) -> Result<oci_spec::runtime::LinuxResources> {
+    fn merge(a: &mut serde_json::Value, b: &serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    if v.is_null() {
+                        continue;
+                    }
+                    match a.get_mut(k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            a.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            (a, b) => *a = b.clone(),
+        }
+    }
+    let enc = |r| serde_json::to_value(r).map_err(|e| ZoneError::Msg(format!("resources: {e}")));
+    let mut a = enc(old)?;
+    merge(&mut a, &enc(new)?);
+    serde_json::from_value(a).map_err(|e| ZoneError::Msg(format!("resources: {e}")))
 }
 
 /// Remove a stopped zone after `run` saw it exit (no force needed).
 pub fn cleanup_after_run(root: &Path, id: &str) -> Result<()> {
     delete(root, id, true)
 }
+
+pub use crate::overrides::{parse_capability, ExecOverrides, ExecUser, OverrideError};
 
 /// Options of `exec`.
 #[derive(Debug, Clone, Default)]
@@ -1088,6 +1148,9 @@ pub struct ExecOpts {
     pub preserve_fds: u32,
     /// Keep the pty master (foreground exec with --tty and no socket).
     pub keep_console: bool,
+    /// Descriptors the new process gets as 0/1/2 instead of the caller's (see
+    /// [`CreateOpts::stdio`]).
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// Base process for `exec` built from the zone's own process (caps, rlimits,
@@ -1153,6 +1216,7 @@ pub fn exec(opts: &ExecOpts) -> Result<Spawned> {
             let r = exec_stage1(
                 &joins,
                 &opts.process,
+                opts.stdio,
                 opts.preserve_fds,
                 seccomp.as_ref(),
                 &child_ch,
@@ -1227,10 +1291,14 @@ pub fn exec(opts: &ExecOpts) -> Result<Spawned> {
 fn exec_stage1(
     joins: &[(LinuxNamespaceType, OwnedFd)],
     process: &Process,
+    stdio: Option<[RawFd; 3]>,
     preserve_fds: u32,
     seccomp: Option<&crate::seccomp::BpfProgram>,
     ch: &Channel,
 ) -> Result<()> {
+    if let Some(fds) = stdio {
+        crate::hardening::install_stdio(fds)?;
+    }
     // CVE-2024-21626: close what the caller leaked before any path lookup.
     let mut keep: Vec<std::os::fd::RawFd> = joins.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     keep.push(ch.raw());

@@ -342,6 +342,40 @@ pub fn ensure_sealed_exe() -> Result<()> {
     ))
 }
 
+/// Make `fds` this process's stdin, stdout and stderr (in a forked child). Each
+/// is first duplicated above 2, so a source that is itself 0, 1 or 2 is not
+/// clobbered by an earlier dup2; the copies are closed afterwards.
+pub fn install_stdio(fds: [std::os::fd::RawFd; 3]) -> Result<()> {
+    let mut tmp = [-1; 3];
+    for (i, fd) in fds.iter().enumerate() {
+        // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor.
+        let t = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if t < 0 {
+            return Err(ZoneError::io(
+                &format!("duplicate stdio descriptor {fd}"),
+                std::path::Path::new("stdio"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        tmp[i] = t;
+    }
+    for (target, t) in tmp.iter().enumerate() {
+        // SAFETY: dup2 onto 0/1/2 replaces our own stdio; the copy clears CLOEXEC.
+        if unsafe { libc::dup2(*t, target as i32) } < 0 {
+            return Err(ZoneError::io(
+                &format!("install descriptor as fd {target}"),
+                std::path::Path::new("stdio"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    for t in tmp {
+        // SAFETY: closing the temporary copies made above.
+        unsafe { libc::close(t) };
+    }
+    Ok(())
+}
+
 /// Close every descriptor ≥ `first` except those in `keep` (CVE-2024-21626:
 /// close-on-exec alone is not enough, because a descriptor that is still open
 /// while the zone's executable and cwd are looked up lets a path such as
