@@ -55,6 +55,15 @@ pub fn default_spec(rootless: bool) -> Spec {
         p.set_terminal(Some(true));
         p.set_args(Some(vec!["sh".into()]));
         p.set_no_new_privileges(Some(true));
+        // CVE-2022-29162: like runc since 1.1.2, no inheritable and no ambient
+        // capabilities by default (oci-spec's default fills all five sets), so a
+        // non-root `exec -u` user gets nothing across execve.
+        if let Some(c) = p.capabilities().clone() {
+            let mut c = c;
+            c.set_inheritable(None);
+            c.set_ambient(None);
+            p.set_capabilities(Some(c));
+        }
     }
     if let Some(l) = spec.linux_mut() {
         let profile: LinuxSeccomp = zone::seccomp::default_profile();
@@ -77,6 +86,16 @@ mod tests {
             &vec!["sh".to_string()]
         );
         assert!(back.linux().as_ref().unwrap().seccomp().is_some());
+        let caps = back
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        assert!(caps.inheritable().as_ref().is_none_or(|s| s.is_empty()));
+        assert!(caps.ambient().as_ref().is_none_or(|s| s.is_empty()));
+        assert!(caps.bounding().as_ref().is_some_and(|s| !s.is_empty()));
         let dir = std::env::temp_dir().join(format!("bh-spec-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("rootfs")).unwrap();
         assert_eq!(

@@ -5,6 +5,7 @@
 
 mod defaults;
 mod foreground;
+mod stderr_log;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -244,6 +245,13 @@ fn main() {
                 let _ = e.print();
                 std::process::exit(0);
             }
+            if e.kind() == ErrorKind::MissingRequiredArgument {
+                let argv: Vec<String> = std::env::args().skip(1).collect();
+                if let Some(msg) = missing_args_message(&argv) {
+                    eprintln!("bulkhead-runc: {msg}");
+                    std::process::exit(1);
+                }
+            }
             let msg = e.to_string();
             let first = msg
                 .lines()
@@ -254,6 +262,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    stderr_log::StderrLog::install(cli.debug);
     let logger = Logger {
         file: cli.log.clone(),
         json: cli.log_format == "json",
@@ -267,6 +276,29 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// runc's one-line shape for a command given too few arguments:
+/// `"start" requires exactly 1 argument(s)`. `argv` is without the program name.
+fn missing_args_message(argv: &[String]) -> Option<String> {
+    // Global options that take a value (the value is not the command).
+    const VALUED: &[&str] = &["--root", "--log", "--log-format", "--criu"];
+    let mut it = argv.iter();
+    let cmd = loop {
+        let a = it.next()?;
+        if VALUED.contains(&a.as_str()) {
+            it.next();
+        } else if !a.starts_with('-') {
+            break a.as_str();
+        }
+    };
+    let rule = match cmd {
+        "exec" | "kill" | "ps" => "a minimum of 1",
+        "create" | "start" | "run" | "state" | "delete" | "pause" | "resume" | "events"
+        | "update" => "exactly 1",
+        _ => return None,
+    };
+    Some(format!("{cmd:?} requires {rule} argument(s)"))
 }
 
 /// The error and its causes on one line, outermost first. Library errors
@@ -393,6 +425,7 @@ fn create_opts(root: &Path, c: &CreateArgs, keep_console: bool) -> CreateOpts {
         no_pivot: c.no_pivot,
         preserve_fds: c.preserve_fds,
         keep_console,
+        stdio: None,
     }
 }
 
@@ -404,7 +437,17 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
         bail!("--apparmor: AppArmor is not supported by bulkhead-runc");
     }
     let mut process = if let Some(p) = &e.process {
-        let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+        let mut text =
+            std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&text) {
+            let warnings = zone::spec::drop_unknown_capabilities(&mut v);
+            if !warnings.is_empty() {
+                for w in &warnings {
+                    tracing::warn!("{w}");
+                }
+                text = v.to_string();
+            }
+        }
         let de = &mut serde_json::Deserializer::from_str(&text);
         let proc: oci_spec::runtime::Process =
             serde_path_to_error_deserialize(de).map_err(|err| anyhow!("{}: {err}", p.display()))?;
@@ -415,81 +458,12 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
         }
         let mut base = container::exec_base_process(root, &e.id)?;
         base.set_args(Some(e.command.clone()));
-        base.set_terminal(Some(e.tty));
         base
     };
-    if e.process.is_some() && e.tty {
-        process.set_terminal(Some(true));
-    }
-    if let Some(cwd) = &e.cwd {
-        process.set_cwd(cwd.clone());
-    }
-    if !e.env.is_empty() {
-        let mut env = process.env().clone().unwrap_or_default();
-        for kv in &e.env {
-            let key = kv.split('=').next().unwrap_or("");
-            env.retain(|x| x.split('=').next() != Some(key));
-            env.push(kv.clone());
-        }
-        process.set_env(Some(env));
-    }
-    if let Some(u) = &e.user {
-        let (uid, gid) = match u.split_once(':') {
-            Some((a, b)) => (a, Some(b)),
-            None => (u.as_str(), None),
-        };
-        let uid: u32 = uid
-            .parse()
-            .map_err(|_| anyhow!("--user {u:?}: expected uid[:gid] as numbers"))?;
-        let gid: u32 = match gid {
-            Some(g) => g
-                .parse()
-                .map_err(|_| anyhow!("--user {u:?}: expected uid[:gid] as numbers"))?,
-            None => 0,
-        };
-        let user = process.user_mut();
-        user.set_uid(uid);
-        user.set_gid(gid);
-    }
-    if !e.additional_gids.is_empty() {
-        process
-            .user_mut()
-            .set_additional_gids(Some(e.additional_gids.clone()));
-    }
-    if e.no_new_privs {
-        process.set_no_new_privileges(Some(true));
-    }
-    if !e.cap.is_empty() {
-        let mut caps = process.capabilities().clone().unwrap_or_else(|| {
-            oci_spec::runtime::LinuxCapabilitiesBuilder::default()
-                .build()
-                .unwrap_or_default()
-        });
-        for c in &e.cap {
-            let name = c.to_ascii_uppercase();
-            let name = name.strip_prefix("CAP_").unwrap_or(&name).to_string();
-            let cap: oci_spec::runtime::Capability = name
-                .parse()
-                .map_err(|_| anyhow!("--cap {c:?}: unknown capability"))?;
-            for set in [
-                caps.bounding().clone(),
-                caps.effective().clone(),
-                caps.permitted().clone(),
-            ]
-            .iter()
-            .enumerate()
-            {
-                let mut s = set.1.clone().unwrap_or_default();
-                s.insert(cap);
-                match set.0 {
-                    0 => caps.set_bounding(Some(s)),
-                    1 => caps.set_effective(Some(s)),
-                    _ => caps.set_permitted(Some(s)),
-                };
-            }
-        }
-        process.set_capabilities(Some(caps));
-    }
+    let overrides = exec_overrides(&e)?;
+    overrides
+        .apply(&mut process)
+        .map_err(|err| anyhow!("{}", cli_wording(&err)))?;
     let tty = process.terminal().unwrap_or(false);
     let keep_console = tty && e.console_socket.is_none() && !e.detach;
     let opts = ExecOpts {
@@ -500,12 +474,54 @@ fn exec(root: &Path, e: ExecArgs) -> Result<i32> {
         pid_file: e.pid_file.clone(),
         preserve_fds: e.preserve_fds,
         keep_console,
+        stdio: None,
     };
     let spawned = container::exec(&opts)?;
     if e.detach {
         return Ok(0);
     }
     foreground::wait_foreground(spawned)
+}
+
+/// `exec`'s flags as the library's typed overrides. `--tty` with `--process` only turns a
+/// terminal on; without `--process` it decides either way (runc's behaviour).
+fn exec_overrides(e: &ExecArgs) -> Result<container::ExecOverrides> {
+    let user = match &e.user {
+        Some(u) => Some(
+            u.parse::<container::ExecUser>()
+                .map_err(|err| anyhow!("{}", cli_wording(&err)))?,
+        ),
+        None => None,
+    };
+    let caps = e
+        .cap
+        .iter()
+        .map(|c| container::parse_capability(c).map_err(|err| anyhow!("{}", cli_wording(&err))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(container::ExecOverrides {
+        env: e.env.clone(),
+        user,
+        additional_gids: e.additional_gids.clone(),
+        caps,
+        cwd: e.cwd.clone(),
+        no_new_privs: e.no_new_privs,
+        tty: if e.process.is_some() {
+            e.tty.then_some(true)
+        } else {
+            Some(e.tty)
+        },
+    })
+}
+
+/// A library override error in the words of the flag that carried it.
+fn cli_wording(e: &container::OverrideError) -> String {
+    use container::OverrideError as E;
+    match e {
+        E::User(_) => format!("--user: {e}"),
+        E::Capability(_) => format!("--cap: {e}"),
+        E::Env(_) => format!("--env: {e}"),
+        E::Cwd(_) => format!("--cwd: {e}"),
+    }
 }
 
 fn serde_path_to_error_deserialize<'de, D, T>(d: D) -> std::result::Result<T, String>
@@ -652,23 +668,20 @@ fn events(root: &Path, id: &str, stats: bool, interval: &str) -> Result<i32> {
     }
     let every = parse_interval(interval)?;
     let (st, sd) = container::load(root, id)?;
-    let cg = zone::cgroups::Cgroup::from_state(&st.cgroup);
-    let mut ooms = cg.oom_kill_count().unwrap_or(0);
+    let mut ooms = container::stats(root, id).map(|s| s.oom_kills).unwrap_or(0);
     loop {
         if st.status(&sd) == zone::state::Status::Stopped {
             return Ok(0);
         }
-        let n = cg.oom_kill_count().unwrap_or(ooms);
-        if n > ooms {
-            println!("{}", serde_json::json!({"type": "oom", "id": id}));
-            ooms = n;
-        }
-        match cg.stats() {
-            Ok(s) => println!(
-                "{}",
-                serde_json::json!({"type": "stats", "id": id, "data": s})
-            ),
-            Err(e) => eprintln!("bulkhead-runc: warning: stats: {e}"),
+        match container::stats(root, id) {
+            Ok(s) => {
+                if s.oom_kills > ooms {
+                    println!("{}", serde_json::json!({"type": "oom", "id": id}));
+                    ooms = s.oom_kills;
+                }
+                println!("{}", s.event_json(id));
+            }
+            Err(e) => tracing::warn!("stats: {e}"),
         }
         let _ = std::io::stdout().flush();
         std::thread::sleep(every);
@@ -695,7 +708,7 @@ fn parse_size(s: &str) -> Result<i64> {
 }
 
 fn update(root: &Path, u: UpdateArgs) -> Result<i32> {
-    let mut v = match &u.resources {
+    let mut r = match &u.resources {
         Some(src) => {
             let text = if src == "-" {
                 let mut s = String::new();
@@ -705,48 +718,26 @@ fn update(root: &Path, u: UpdateArgs) -> Result<i32> {
             } else {
                 std::fs::read_to_string(src).with_context(|| format!("read {src}"))?
             };
-            serde_json::from_str::<serde_json::Value>(&text)
+            let de = &mut serde_json::Deserializer::from_str(&text);
+            serde_path_to_error_deserialize::<_, oci_spec::runtime::LinuxResources>(de)
                 .map_err(|e| anyhow!("--resources: {e}"))?
         }
-        None => serde_json::json!({}),
+        None => oci_spec::runtime::LinuxResources::default(),
     };
-    let mut set = |section: &str, key: &str, val: serde_json::Value| {
-        if !v[section].is_object() {
-            v[section] = serde_json::json!({});
-        }
-        v[section][key] = val;
+    let size = |v: &Option<String>| v.as_deref().map(parse_size).transpose();
+    let flags = container::ResourceUpdate {
+        memory_limit: size(&u.memory)?,
+        memory_swap: size(&u.memory_swap)?,
+        memory_reservation: size(&u.memory_reservation)?,
+        cpu_shares: u.cpu_shares,
+        cpu_quota: u.cpu_quota,
+        cpu_period: u.cpu_period,
+        cpuset_cpus: u.cpuset_cpus.clone(),
+        cpuset_mems: u.cpuset_mems.clone(),
+        pids_limit: u.pids_limit,
     };
-    if let Some(m) = &u.memory {
-        set("memory", "limit", parse_size(m)?.into());
-    }
-    if let Some(m) = &u.memory_swap {
-        set("memory", "swap", parse_size(m)?.into());
-    }
-    if let Some(m) = &u.memory_reservation {
-        set("memory", "reservation", parse_size(m)?.into());
-    }
-    if let Some(x) = u.cpu_shares {
-        set("cpu", "shares", x.into());
-    }
-    if let Some(x) = u.cpu_quota {
-        set("cpu", "quota", x.into());
-    }
-    if let Some(x) = u.cpu_period {
-        set("cpu", "period", x.into());
-    }
-    if let Some(x) = &u.cpuset_cpus {
-        set("cpu", "cpus", x.clone().into());
-    }
-    if let Some(x) = &u.cpuset_mems {
-        set("cpu", "mems", x.clone().into());
-    }
-    if let Some(x) = u.pids_limit {
-        set("pids", "limit", x.into());
-    }
-    let text = v.to_string();
-    let de = &mut serde_json::Deserializer::from_str(&text);
-    let r: oci_spec::runtime::LinuxResources =
-        serde_path_to_error_deserialize(de).map_err(|e| anyhow!("resources: {e}"))?;
+    // The flags win over the same fields of --resources, as in runc.
+    flags.apply_to(&mut r);
     container::update(root, &u.id, &r)?;
     Ok(0)
 }
@@ -767,6 +758,24 @@ mod tests {
         let line = one_line_error(&e);
         assert_eq!(line.matches("busy").count(), 1, "{line}");
         assert!(line.starts_with("create: writing 1"), "{line}");
+    }
+
+    #[test]
+    fn missing_argument_messages_are_runc_shaped() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            missing_args_message(&v(&["start"])).as_deref(),
+            Some("\"start\" requires exactly 1 argument(s)")
+        );
+        assert_eq!(
+            missing_args_message(&v(&["--root", "/x", "delete", "--force"])).as_deref(),
+            Some("\"delete\" requires exactly 1 argument(s)")
+        );
+        assert_eq!(
+            missing_args_message(&v(&["exec"])).as_deref(),
+            Some("\"exec\" requires a minimum of 1 argument(s)")
+        );
+        assert_eq!(missing_args_message(&v(&["--debug"])), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! zone, kill, pause/resume, delete, list, stats and update. Every failure of
 //! `create` removes what it made (process, cgroup, state directory).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -31,6 +31,10 @@ pub struct CreateOpts {
     pub preserve_fds: u32,
     /// Keep the pty master (foreground `run` without a console socket).
     pub keep_console: bool,
+    /// Descriptors the zone's init gets as its stdin, stdout and stderr instead of
+    /// the caller's own 0/1/2 (a monitor hands it pipes or sockets). They stay the
+    /// caller's: `create` duplicates them. Ignored when `process.terminal` is set.
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// Result of create/exec: the host pid and, if kept, the pty master.
@@ -124,7 +128,7 @@ fn child_exit(code: i32) -> ! {
 /// Report an error from a forked child and exit.
 fn child_fail(ch: &Channel, e: &ZoneError) -> ! {
     if ch.send("ERR", &e.to_string(), None).is_err() {
-        eprintln!("bulkhead-runc init: {e}");
+        tracing::error!("zone init: {e}");
     }
     child_exit(1)
 }
@@ -152,13 +156,17 @@ struct InitCtx<'a> {
     id: &'a str,
     spec: &'a Spec,
     rootfs: &'a Path,
-    fifo: PathBuf,
+    /// The exec fifo, opened (O_PATH) by the parent: the init never reaches
+    /// the state directory by path, which a mapped user may not traverse.
+    fifo: std::os::fd::RawFd,
     no_pivot: bool,
     preserve_fds: u32,
     seccomp: Option<crate::seccomp::BpfProgram>,
     cgroup_sources: Vec<(PathBuf, String)>,
     /// Unshare the cgroup namespace once the init is in its cgroup.
     new_cgroupns: bool,
+    /// Replacement stdin/stdout/stderr.
+    stdio: Option<[RawFd; 3]>,
 }
 
 /// Create a zone; returns once its init waits on the exec fifo.
@@ -284,12 +292,14 @@ fn create_inner(
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .ctx(|| format!("chmod {}", fifo.display()))?;
+    let fifo_fd = nix::fcntl::open(&fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .ctx(|| format!("open {}", fifo.display()))?;
 
     let ctx = InitCtx {
         id: &opts.id,
         spec,
         rootfs: &bundle.rootfs,
-        fifo,
+        fifo: fifo_fd.as_raw_fd(),
         no_pivot: opts.no_pivot,
         preserve_fds: opts.preserve_fds,
         seccomp,
@@ -297,6 +307,7 @@ fn create_inner(
         new_cgroupns: namespaces(spec)
             .iter()
             .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none()),
+        stdio: opts.stdio,
     };
     let (parent_ch, child_ch) = crate::sync::pair()?;
     set_subreaper();
@@ -473,6 +484,16 @@ fn stage1_main(ctx: &InitCtx, ch: &Channel) -> ! {
 }
 
 fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
+    if let Some(fds) = ctx.stdio {
+        crate::hardening::install_stdio(fds)?;
+    }
+    // Nothing the caller left open (beyond the preserved fds) may reach the
+    // zone, not even while paths are resolved (CVE-2024-21626).
+    crate::hardening::close_fds_except(3 + ctx.preserve_fds, &[ch.raw(), ctx.fifo])?;
+    // CVE-2016-9962: until execve, nothing in the zone may ptrace us or open
+    // our descriptors through /proc/<pid>/fd (execve makes the process
+    // dumpable again).
+    crate::process::set_dumpable(false)?;
     let nss = namespaces(ctx.spec);
     // Join namespaces given by path, user namespace first.
     let mut joins = Vec::new();
@@ -489,8 +510,11 @@ fn stage1(ctx: &InitCtx, ch: &Channel) -> Result<()> {
     }
     if new_user_ns(ctx.spec) {
         nix::sched::unshare(CloneFlags::CLONE_NEWUSER).ctx(|| "unshare user namespace")?;
+        // The parent writes our id maps: only possible while we are dumpable.
+        crate::process::set_dumpable(true)?;
         ch.send("MAP", "", None)?;
         ch.expect("MAPPED")?;
+        crate::process::set_dumpable(false)?;
         nix::unistd::setresgid(
             nix::unistd::Gid::from_raw(0),
             nix::unistd::Gid::from_raw(0),
@@ -639,8 +663,12 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
     let nss = namespaces(spec);
     let has_new = |t| nss.iter().any(|n| n.typ() == t && n.path().is_none());
     let userns = nss.iter().any(|n| n.typ() == LinuxNamespaceType::User);
+    // A mount namespace joined by path gets the root file system too (runc
+    // does the same): without it the init would look for the process in the
+    // host's tree.
+    let mount_ns = nss.iter().any(|n| n.typ() == LinuxNamespaceType::Mount);
 
-    if has_new(LinuxNamespaceType::Mount) {
+    if mount_ns {
         crate::mounts::prepare_rootfs(&crate::mounts::RootfsConfig {
             spec,
             rootfs: ctx.rootfs,
@@ -678,8 +706,9 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
         ch.send("PTY", &name, Some(master.as_raw_fd()))?;
         drop(master);
     }
-    let fifo = nix::fcntl::open(&ctx.fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .ctx(|| format!("open {}", ctx.fifo.display()))?;
+    // SAFETY: the fifo descriptor was opened by the parent before fork and
+    // is owned by nobody else in this process.
+    let fifo = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ctx.fifo) };
     let hooks = hooks_of(spec);
     let mut state_json = String::new();
     let mut cg_ok = false;
@@ -699,7 +728,7 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
             &state_json,
         )?;
     }
-    if has_new(LinuxNamespaceType::Mount) {
+    if mount_ns {
         crate::mounts::enter_root(ctx.rootfs, ctx.no_pivot)?;
     }
     for (k, v) in spec
@@ -709,10 +738,14 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
         .unwrap_or_default()
     {
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        std::fs::write(&p, v.as_bytes())
+        // CVE-2025-52881: write only to the file on the zone's procfs, opened
+        // inside the root without symlinks, never a redirected path.
+        let mut f = crate::mounts::open_procfs_file_for_write(&p)
+            .map_err(|e| ZoneError::Msg(format!("set sysctl {k}: {e}")))?;
+        std::io::Write::write_all(&mut f, v.as_bytes())
             .map_err(|e| ZoneError::io(&format!("set sysctl {k}: write"), &p, e))?;
     }
-    if has_new(LinuxNamespaceType::Mount) {
+    if mount_ns {
         crate::mounts::finish_rootfs(spec)?;
     }
     crate::process::set_rlimits(process.rlimits().as_deref().unwrap_or(&[]))?;
@@ -771,7 +804,14 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
     })();
     // After READY the parent is gone: report on the zone's stderr.
     let Err(e) = result;
-    eprintln!("bulkhead-runc init ({}): {e}", ctx.id);
+    // Nobody is left to receive an error message: this is the zone's own
+    // stderr (as with runc), written directly so it does not depend on the
+    // caller having installed a tracing subscriber.
+    tracing::error!(id = ctx.id, "zone init failed: {e}");
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("bulkhead-runc init ({}): {e}\n", ctx.id).as_bytes(),
+    );
     child_exit(127)
 }
 
@@ -883,7 +923,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     let hooks = hooks_of(&st.config);
     for h in hooks.poststart().iter().flatten() {
         if let Err(e) = crate::hooks::run_hook("poststart", h, &st.oci_state(Status::Running)) {
-            eprintln!("bulkhead-runc: warning: {e}");
+            tracing::warn!(id, "{e}");
         }
     }
     Ok(())
@@ -955,7 +995,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     let hooks = hooks_of(&st.config);
     for h in hooks.poststop().iter().flatten() {
         if let Err(e) = crate::hooks::run_hook("poststop", h, &st.oci_state(Status::Stopped)) {
-            eprintln!("bulkhead-runc: warning: {e}");
+            tracing::warn!(id, "{e}");
         }
     }
     let destroyed = cg.destroy();
@@ -1022,14 +1062,24 @@ pub fn load(root: &Path, id: &str) -> Result<(State, StateDir)> {
     State::load(root, id)
 }
 
-/// `{"type":"stats","id":…,"data":…}`.
-pub fn stats_event(root: &Path, id: &str) -> Result<serde_json::Value> {
+pub use crate::resources::{ResourceUpdate, ZoneStats};
+
+/// Resource use of a zone, typed (see [`ZoneStats`]).
+pub fn stats(root: &Path, id: &str) -> Result<ZoneStats> {
     let (st, _) = State::load(root, id)?;
-    let s = Cgroup::from_state(&st.cgroup).stats()?;
-    Ok(serde_json::json!({"type": "stats", "id": id, "data": s}))
+    let cg = Cgroup::from_state(&st.cgroup);
+    let s = cg.stats()?;
+    Ok(ZoneStats::from_cgroup(s, cg.oom_kill_count().unwrap_or(0)))
 }
 
-/// Apply new resource limits to a zone and remember them.
+/// `{"type":"stats","id":…,"data":…}` (runc's `events --stats` line).
+pub fn stats_event(root: &Path, id: &str) -> Result<serde_json::Value> {
+    Ok(stats(root, id)?.event_json(id))
+}
+
+/// Apply new resource limits to a zone and remember them: the given limits
+/// are written to the cgroup and merged into the zone's recorded resources
+/// (limits not given keep their recorded values).
 pub fn update(root: &Path, id: &str, r: &oci_spec::runtime::LinuxResources) -> Result<()> {
     let (mut st, sd) = State::load(root, id)?;
     if st.status(&sd) == Status::Stopped {
@@ -1037,15 +1087,55 @@ pub fn update(root: &Path, id: &str, r: &oci_spec::runtime::LinuxResources) -> R
     }
     Cgroup::from_state(&st.cgroup).apply(r)?;
     if let Some(l) = st.config.linux_mut() {
-        l.set_resources(Some(r.clone()));
+        let merged = match l.resources() {
+            Some(old) => merge_resources(old, r)?,
+            None => r.clone(),
+        };
+        l.set_resources(Some(merged));
     }
     st.save(&sd)
+}
+
+/// Typed form of [`update`]: change only the limits set in `u`.
+pub fn update_resources(root: &Path, id: &str, u: &ResourceUpdate) -> Result<()> {
+    update(root, id, &u.to_resources())
+}
+
+/// `new`'s set fields over `old` (objects merged key by key).
+fn merge_resources(
+    old: &oci_spec::runtime::LinuxResources,
+    new: &oci_spec::runtime::LinuxResources,
+) -> Result<oci_spec::runtime::LinuxResources> {
+    fn merge(a: &mut serde_json::Value, b: &serde_json::Value) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    if v.is_null() {
+                        continue;
+                    }
+                    match a.get_mut(k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            a.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            (a, b) => *a = b.clone(),
+        }
+    }
+    let enc = |r| serde_json::to_value(r).map_err(|e| ZoneError::Msg(format!("resources: {e}")));
+    let mut a = enc(old)?;
+    merge(&mut a, &enc(new)?);
+    serde_json::from_value(a).map_err(|e| ZoneError::Msg(format!("resources: {e}")))
 }
 
 /// Remove a stopped zone after `run` saw it exit (no force needed).
 pub fn cleanup_after_run(root: &Path, id: &str) -> Result<()> {
     delete(root, id, true)
 }
+
+pub use crate::overrides::{parse_capability, ExecOverrides, ExecUser, OverrideError};
 
 /// Options of `exec`.
 #[derive(Debug, Clone, Default)]
@@ -1058,6 +1148,9 @@ pub struct ExecOpts {
     pub preserve_fds: u32,
     /// Keep the pty master (foreground exec with --tty and no socket).
     pub keep_console: bool,
+    /// Descriptors the new process gets as 0/1/2 instead of the caller's (see
+    /// [`CreateOpts::stdio`]).
+    pub stdio: Option<[RawFd; 3]>,
 }
 
 /// Base process for `exec` built from the zone's own process (caps, rlimits,
@@ -1123,6 +1216,7 @@ pub fn exec(opts: &ExecOpts) -> Result<Spawned> {
             let r = exec_stage1(
                 &joins,
                 &opts.process,
+                opts.stdio,
                 opts.preserve_fds,
                 seccomp.as_ref(),
                 &child_ch,
@@ -1197,10 +1291,20 @@ pub fn exec(opts: &ExecOpts) -> Result<Spawned> {
 fn exec_stage1(
     joins: &[(LinuxNamespaceType, OwnedFd)],
     process: &Process,
+    stdio: Option<[RawFd; 3]>,
     preserve_fds: u32,
     seccomp: Option<&crate::seccomp::BpfProgram>,
     ch: &Channel,
 ) -> Result<()> {
+    if let Some(fds) = stdio {
+        crate::hardening::install_stdio(fds)?;
+    }
+    // CVE-2024-21626: close what the caller leaked before any path lookup.
+    let mut keep: Vec<std::os::fd::RawFd> = joins.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    keep.push(ch.raw());
+    crate::hardening::close_fds_except(3 + preserve_fds, &keep)?;
+    // CVE-2016-9962: zone processes must not ptrace us before execve.
+    crate::process::set_dumpable(false)?;
     for (t, fd) in joins {
         nix::sched::setns(fd.as_fd(), ns_flag(*t))
             .ctx(|| format!("setns into the zone's {} namespace", ns_file(*t)))?;

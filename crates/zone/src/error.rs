@@ -36,6 +36,9 @@ pub enum ZoneError {
     /// Seccomp profile compilation or loading failed.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// An exec override that cannot be applied.
+    #[error(transparent)]
+    Override(#[from] crate::overrides::OverrideError),
     /// Any other precise message (e.g. an error reported by the zone's init).
     #[error("{0}")]
     Msg(String),

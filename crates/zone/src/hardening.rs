@@ -342,6 +342,86 @@ pub fn ensure_sealed_exe() -> Result<()> {
     ))
 }
 
+/// Make `fds` this process's stdin, stdout and stderr (in a forked child). Each
+/// is first duplicated above 2, so a source that is itself 0, 1 or 2 is not
+/// clobbered by an earlier dup2; the copies are closed afterwards.
+pub fn install_stdio(fds: [std::os::fd::RawFd; 3]) -> Result<()> {
+    let mut tmp = [-1; 3];
+    for (i, fd) in fds.iter().enumerate() {
+        // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor.
+        let t = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if t < 0 {
+            return Err(ZoneError::io(
+                &format!("duplicate stdio descriptor {fd}"),
+                std::path::Path::new("stdio"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        tmp[i] = t;
+    }
+    for (target, t) in tmp.iter().enumerate() {
+        // SAFETY: dup2 onto 0/1/2 replaces our own stdio; the copy clears CLOEXEC.
+        if unsafe { libc::dup2(*t, target as i32) } < 0 {
+            return Err(ZoneError::io(
+                &format!("install descriptor as fd {target}"),
+                std::path::Path::new("stdio"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    for t in tmp {
+        // SAFETY: closing the temporary copies made above.
+        unsafe { libc::close(t) };
+    }
+    Ok(())
+}
+
+/// Close every descriptor ≥ `first` except those in `keep` (CVE-2024-21626:
+/// close-on-exec alone is not enough, because a descriptor that is still open
+/// while the zone's executable and cwd are looked up lets a path such as
+/// `/proc/self/fd/9/../../bin/sh` reach the host). Called in forked children
+/// right after fork, before anything resolves a path from the zone's config.
+pub fn close_fds_except(first: u32, keep: &[std::os::fd::RawFd]) -> Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&fd| fd >= 0 && fd as u32 >= first)
+        .map(|&fd| fd as u32)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut lo = first;
+    let mut ranges = Vec::new();
+    for k in keep {
+        if k > lo {
+            ranges.push((lo, k - 1));
+        }
+        lo = k.saturating_add(1);
+    }
+    if lo != 0 {
+        ranges.push((lo, u32::MAX));
+    }
+    for (a, b) in ranges {
+        // SAFETY: close_range only closes descriptors of this (forked,
+        // single-threaded) process; none of them is owned by live Rust objects
+        // except those listed in `keep`, which are skipped.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, a, b, 0) };
+        if r != 0 {
+            // Kernels before 5.9: close them one by one.
+            let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+                .map_err(|e| ZoneError::io("read", std::path::Path::new("/proc/self/fd"), e))?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|&fd: &i32| fd >= 0 && (a..=b).contains(&(fd as u32)))
+                .collect();
+            for fd in fds {
+                // SAFETY: as above; a descriptor that is already closed (the
+                // directory stream's own) just returns EBADF.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Mark every descriptor ≥ `first` close-on-exec.
 pub fn cloexec_from(first: u32) -> Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.

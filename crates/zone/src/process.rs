@@ -263,6 +263,17 @@ pub fn set_user(u: &User) -> Result<()> {
     Ok(())
 }
 
+/// prctl(PR_SET_DUMPABLE): a non-dumpable process cannot be ptraced and its
+/// /proc/<pid> files (fd, environ, mem) are closed to the zone; execve of a
+/// readable binary makes it dumpable again.
+pub fn set_dumpable(on: bool) -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) } < 0 {
+        return Err(ZoneError::sys("prctl(PR_SET_DUMPABLE)", Errno::last()));
+    }
+    Ok(())
+}
+
 /// prctl(PR_SET_NO_NEW_PRIVS).
 pub fn set_no_new_privs() -> Result<()> {
     // SAFETY: prctl with integer arguments.
@@ -294,11 +305,46 @@ pub fn check_cwd_reachable() -> Result<()> {
     }
 }
 
+/// True when `p` resolved inside our root `/` (openat2 RESOLVE_IN_ROOT, no magic
+/// links such as `/proc/self/fd/N`) is the same file execve would run: a path
+/// through a descriptor of the host (CVE-2024-21626) or a magic link is refused.
+fn same_file_in_root(p: &Path) -> bool {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return false;
+    };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        match nix::unistd::getcwd() {
+            Ok(c) => c.join(p),
+            Err(_) => return false,
+        }
+    };
+    let rel = abs.strip_prefix("/").unwrap_or(&abs);
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let Ok(fd) = openat2(root.as_fd(), rel, how) else {
+        return false;
+    };
+    let (Ok(a), Ok(b)) = (nix::sys::stat::fstat(&fd), std::fs::metadata(p)) else {
+        return false;
+    };
+    a.st_ino == b.ino() && a.st_dev == b.dev()
+}
+
 /// Find args[0] like execvp: as given when it contains '/', else in PATH.
 pub fn lookup_exec(arg0: &str, env: &[String]) -> Result<PathBuf> {
     let is_exec = |p: &Path| {
         nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
             && std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
+            && same_file_in_root(p)
     };
     if arg0.contains('/') {
         let p = PathBuf::from(arg0);

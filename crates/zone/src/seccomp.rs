@@ -60,8 +60,6 @@ pub enum SeccompError {
     Libseccomp { context: String, message: String },
     #[error("seccomp: syscall {syscall}: argument index {index} is out of range (0..5)")]
     ArgIndex { syscall: String, index: usize },
-    #[error("seccomp: syscall {syscall}: {op} needs valueTwo")]
-    MissingValueTwo { syscall: String, op: String },
     #[error(
         "seccomp: the profile compiles to {0} BPF instructions; the kernel accepts at most 4096"
     )]
@@ -149,11 +147,10 @@ fn condition(name: &str, a: &LinuxSeccompArg) -> Result<ScmpArgCompare, SeccompE
         LinuxSeccompOperator::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
         LinuxSeccompOperator::ScmpCmpGt => ScmpCompareOp::Greater,
         LinuxSeccompOperator::ScmpCmpMaskedEq => {
-            // OCI: value is the mask, valueTwo the value compared after masking.
-            let datum = a.value_two().ok_or_else(|| SeccompError::MissingValueTwo {
-                syscall: name.to_string(),
-                op: "SCMP_CMP_MASKED_EQ".into(),
-            })?;
+            // OCI: value is the mask, valueTwo the value compared after masking;
+            // a missing valueTwo is 0, as in runc and libseccomp-golang (Docker's
+            // default profile writes `{"value": 2114060288, "op": "SCMP_CMP_MASKED_EQ"}`).
+            let datum = a.value_two().unwrap_or(0);
             return Ok(ScmpArgCompare::new(
                 idx,
                 ScmpCompareOp::MaskedEqual(a.value()),

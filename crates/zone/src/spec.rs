@@ -20,8 +20,68 @@ pub struct Bundle {
     pub spec: Spec,
 }
 
+/// Remove capability names this runtime or kernel does not know from every set of
+/// a `process` object, returning one warning per name: the runtime spec says an
+/// unknown or unavailable capability is logged and does not fail creation.
+pub fn drop_unknown_capabilities(process: &mut serde_json::Value) -> Vec<String> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    let mut warnings = Vec::new();
+    let Some(sets) = process
+        .get_mut("capabilities")
+        .and_then(|c| c.as_object_mut())
+    else {
+        return warnings;
+    };
+    for (set, list) in sets.iter_mut() {
+        let Some(list) = list.as_array_mut() else {
+            continue;
+        };
+        list.retain(|name| {
+            let Some(n) = name.as_str() else {
+                return true; // a type error, reported by the parser
+            };
+            let known =
+                serde_json::from_value::<oci_spec::runtime::Capability>(name.clone()).is_ok();
+            let available = n
+                .parse::<caps::Capability>()
+                .map(|c| u32::from(c.index()) <= last)
+                .unwrap_or(false);
+            if known && available {
+                return true;
+            }
+            let why = if known {
+                "not available on this kernel"
+            } else {
+                "unknown"
+            };
+            warnings.push(format!(
+                "process.capabilities.{set}: {n:?} is {why}; ignored"
+            ));
+            false
+        });
+    }
+    warnings
+}
+
 /// Parse config.json text; errors read `config.json: <json path>: <problem>`.
+/// Unknown capabilities are dropped with a `tracing` warning.
 pub fn parse(text: &str) -> Result<Spec> {
+    let mut owned = None;
+    if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(text) {
+        if let Some(p) = v.get_mut("process") {
+            let warnings = drop_unknown_capabilities(p);
+            if !warnings.is_empty() {
+                for w in &warnings {
+                    tracing::warn!("{w}");
+                }
+                owned = Some(v.to_string());
+            }
+        }
+    }
+    let text = owned.as_deref().unwrap_or(text);
     let de = &mut serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -67,19 +67,15 @@ fn eff(v: i64) -> u64 {
     }
 }
 
-/// The "type major:minor access" rule text of the v1 devices controller.
-pub(crate) fn device_rule_text(d: &LinuxDeviceCgroup) -> Result<String, CgroupError> {
+/// The "type major:minor access" rule text of the v1 devices controller;
+/// `None` for a FIFO rule (type "p"): the device cgroup does not gate FIFOs,
+/// so runc accepts such a rule and skips it, and so do we.
+pub(crate) fn device_rule_text(d: &LinuxDeviceCgroup) -> Result<Option<String>, CgroupError> {
     let typ = match d.typ().unwrap_or(LinuxDeviceType::A) {
         LinuxDeviceType::A => 'a',
         LinuxDeviceType::B => 'b',
         LinuxDeviceType::C | LinuxDeviceType::U => 'c',
-        LinuxDeviceType::P => {
-            return Err(invalid(
-                "devices[].type",
-                "p",
-                "the device cgroup cannot filter FIFOs",
-            ))
-        }
+        LinuxDeviceType::P => return Ok(None),
     };
     let num = |v: Option<i64>, field: &str| -> Result<String, CgroupError> {
         match v {
@@ -101,11 +97,11 @@ pub(crate) fn device_rule_text(d: &LinuxDeviceCgroup) -> Result<String, CgroupEr
     } else {
         access
     };
-    Ok(format!(
+    Ok(Some(format!(
         "{typ} {}:{} {access}",
         num(d.major(), "devices[].major")?,
         num(d.minor(), "devices[].minor")?
-    ))
+    )))
 }
 
 impl V1 {
@@ -242,7 +238,11 @@ impl V1 {
             // Check every rule before touching the cgroup.
             let rules = devs
                 .iter()
-                .map(|d| Ok((d.allow(), device_rule_text(d)?)))
+                .filter_map(|d| {
+                    device_rule_text(d)
+                        .map(|t| t.map(|t| (d.allow(), t)))
+                        .transpose()
+                })
                 .collect::<Result<Vec<_>, CgroupError>>()?;
             write(&dir.join("devices.deny"), "a")?;
             for (allow, text) in rules {
