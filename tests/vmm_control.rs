@@ -115,3 +115,23 @@ fn snapshot_restores_into_a_new_monitor() {
     restored.client().stop().expect("stop");
     restored.wait_guarded(vmm::HANG_GUARD);
 }
+
+#[test]
+fn shutdown_presses_the_power_button_and_the_guest_powers_off() {
+    require_kvm!();
+    // The guest's `power` check waits for the GED interrupt, reports it,
+    // then finishes and powers off through the sleep register.
+    let mut vm = Vm::start(&VmSpec::guest("checks=power power.wait_ms=120000").with_api());
+    vm.wait_serial("the guest waiting for the button", |r| {
+        r.lines().any(|l| l.starts_with("power.wait ready"))
+    });
+    let mut api = vm.client();
+    let done = api.shutdown(120).expect("shutdown");
+    assert!(done.graceful, "{done:?}\n{}", vm.dump());
+    assert_eq!(done.state, VmState::Stopped);
+    let status = vm.wait_guarded(vmm::HANG_GUARD);
+    assert!(status.success(), "{status}\n{}", vm.dump());
+    let r = vm.report();
+    r.assert_all_passed();
+    assert!(r.ok("power").contains("button"), "{}", r.text);
+}

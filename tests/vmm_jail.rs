@@ -150,7 +150,7 @@ const VM_GID: u32 = 200_001;
 /// log and control socket are the ones `cfg` names.
 fn start_with_config(dir: &vmm::Scratch, cfg: &VmConfig) -> Vm {
     let file = dir.join("vm.json");
-    fs::write(&file, cfg.to_json()).expect("write config");
+    fs::write(&file, cfg.to_json().expect("config as JSON")).expect("write config");
     let mut vm = Vm::start_raw(
         &["--config".to_string(), file.display().to_string()],
         false,

@@ -26,6 +26,11 @@ pub enum ClientError {
     Connect { path: PathBuf, source: io::Error },
     #[error("connecting to the control socket {path} timed out after {timeout:?}")]
     ConnectTimeout { path: PathBuf, timeout: Duration },
+    #[error("cannot encode {op} as JSON: {source}")]
+    Encode {
+        op: &'static str,
+        source: serde_json::Error,
+    },
     #[error("the monitor did not answer {op} within {timeout:?}")]
     Timeout { op: &'static str, timeout: Duration },
     #[error("{op}: {source}")]
@@ -129,7 +134,9 @@ impl Client {
             _ => self.timeout,
         };
         let deadline = Instant::now() + timeout;
-        let mut line = req.to_line();
+        let mut line = req
+            .to_line()
+            .map_err(|source| ClientError::Encode { op, source })?;
         line.push('\n');
         self.write_all(line.as_bytes(), deadline, op, timeout)?;
         let text = self.read_line(deadline, op, timeout)?;

@@ -459,11 +459,10 @@ impl VmConfig {
         Ok(cfg)
     }
 
-    /// The JSON form (what [`VmConfig::from_json`] reads).
-    pub fn to_json(&self) -> String {
-        // A struct of strings, numbers and paths: serialising cannot fail
-        // except for a path that is not UTF-8, which JSON cannot carry.
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    /// The JSON form (what [`VmConfig::from_json`] reads). Fails only for a
+    /// path that is not UTF-8, which JSON cannot carry.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self)
     }
 
     /// Number of virtio-mmio devices (slots) this configuration asks for.
@@ -793,7 +792,7 @@ mod tests {
     fn serde_round_trip_and_spelling() {
         let cfg = full();
         cfg.validate().expect("valid");
-        let text = cfg.to_json();
+        let text = cfg.to_json().expect("UTF-8 paths");
         assert_eq!(VmConfig::from_json(&text).expect("parses"), cfg);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["serial"], serde_json::json!({"socket": "/run/s.sock"}));

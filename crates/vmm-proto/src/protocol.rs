@@ -70,11 +70,10 @@ impl Request {
         }
     }
 
-    /// One request line (JSON, without the newline).
-    pub fn to_line(&self) -> String {
-        // Enums of strings, numbers and UTF-8 paths cannot fail to serialise;
-        // a non-UTF-8 snapshot path is refused by serde_json.
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    /// One request line (JSON, without the newline). Fails only for a
+    /// snapshot path that is not UTF-8, which JSON cannot carry.
+    pub fn to_line(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
     }
 
     /// Parses one request line.
@@ -320,7 +319,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn wire(r: &Request) -> Value {
-        serde_json::from_str(&r.to_line()).unwrap()
+        serde_json::from_str(&r.to_line().unwrap()).unwrap()
     }
 
     #[test]
@@ -345,7 +344,7 @@ mod tests {
             Request::shutdown(),
             Request::Snapshot { dir: "/x".into() },
         ] {
-            assert_eq!(Request::from_line(&r.to_line()), Ok(r.clone()));
+            assert_eq!(Request::from_line(&r.to_line().unwrap()), Ok(r.clone()));
             assert_eq!(wire(&r)["op"], r.op());
         }
         // What clients wrote by hand before keeps working.

@@ -328,7 +328,7 @@ mod tests {
         let mut cfg = VmConfig::new("/k");
         cfg.vcpus = 2;
         cfg.jail.uid = 200000;
-        std::fs::write(&file, cfg.to_json()).unwrap();
+        std::fs::write(&file, cfg.to_json().expect("config as JSON")).unwrap();
         let f = file.to_str().unwrap();
         let cli = Cli::try_parse_from(["bulkhead-vmm", "--config", f]).expect("--config alone");
         assert_eq!(cli.load().expect("loads"), cfg);
