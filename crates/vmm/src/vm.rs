@@ -1179,6 +1179,7 @@ mod tests {
     use clap::Parser;
     use std::fs::File;
     use std::io::Write;
+    use vmm_proto::{Client, VmState};
 
     /// Runs the VM the command line describes; its exit code.
     fn run(cli: Cli) -> Result<i32> {
@@ -1284,6 +1285,46 @@ mod tests {
     }
 
     #[test]
+    fn builder_boots_from_a_vm_config() {
+        if !kvm_available() {
+            return;
+        }
+        let k = tmp("builder.elf");
+        std::fs::write(&k, pvh_elf(b"BULKHEAD-TEST built\n", Ending::PowerOff)).unwrap();
+        let out = tmp("builder.serial");
+        let _ = std::fs::remove_file(&out);
+        let mut cfg = VmConfig::new(&k);
+        cfg.memory_bytes = 32 << 20;
+        cfg.serial = SerialSpec::File(out.clone());
+        cfg.rng = true;
+        cfg.jail.enabled = false;
+        // `boot` ignores a restore source; `restore` needs a real snapshot.
+        cfg.restore = Some(tmp("no-such-snapshot"));
+        let e = Vm::restore(&cfg, &tmp("no-such-snapshot"))
+            .err()
+            .expect("no snapshot");
+        assert!(format!("{e:#}").contains("state.json"), "{e:#}");
+        let vm = Vm::boot(&cfg).expect("boot");
+        assert_eq!(vm.devices().len(), 1);
+        assert_eq!(vm.devices()[0].kind, DeviceKind::Rng);
+        assert_eq!(vm.serial_path(), Some(out.as_path()));
+        assert_eq!(vm.config().restore, None);
+        assert_eq!(vm.run().expect("runs"), ExitReason::PowerOff);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "BULKHEAD-TEST built\n"
+        );
+        // Invalid configurations never reach KVM: the field is named.
+        cfg.vcpus = 0;
+        cfg.restore = None;
+        let e = Vm::boot(&cfg).err().expect("0 vCPUs");
+        assert!(e.to_string().contains("invalid vcpus"), "{e}");
+        for p in [&k, &out] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[test]
     fn multi_vcpu_guest_powers_off() {
         if !kvm_available() {
             return;
@@ -1362,6 +1403,9 @@ mod tests {
         let _ = std::fs::remove_file(&k);
     }
 
+    /// Bound on each control request in these tests (a hang guard, not a speed check).
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
     fn request(stream: &mut UnixStream, line: &str) -> serde_json::Value {
         use std::io::BufRead;
         writeln!(stream, "{line}").unwrap();
@@ -1407,19 +1451,7 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
-        let d = request(&mut s, r#"{"op":"describe"}"#);
-        assert_eq!(d["ok"], true);
-        assert_eq!(d["state"], "running");
-        assert_eq!(d["vcpus"], 2);
-        assert_eq!(d["memory"], 32u64 << 20);
-        assert_eq!(d["devices"][0]["type"], "rng");
-        assert_eq!(d["devices"][0]["base"], 0xD000_0000u64);
-        assert_eq!(d["devices"][0]["gsi"], 5);
-        let p = request(&mut s, r#"{"op":"pause"}"#);
-        assert_eq!(p["state"], "paused", "{p}");
-        assert_eq!(request(&mut s, r#"{"op":"describe"}"#)["state"], "paused");
-        let r = request(&mut s, r#"{"op":"resume"}"#);
-        assert_eq!(r["state"], "running", "{r}");
+        // What is not a request gets a typed error, and the connection stays.
         let bad = request(&mut s, r#"{"op":"fly"}"#);
         assert_eq!(bad["ok"], false);
         assert_eq!(bad["kind"], "bad_request");
@@ -1429,11 +1461,33 @@ mod tests {
             .contains("unknown variant `fly`"));
         let bad = request(&mut s, "not json");
         assert_eq!(bad["ok"], false);
+        assert_eq!(request(&mut s, r#"{"op":"describe"}"#)["state"], "running");
+        drop(s);
+        // One client at a time: the typed client gets the socket next.
+        let mut c = Client::connect_retry(&sock, TIMEOUT).expect("connect");
+        let d = c.describe().expect("describe");
+        assert_eq!(d.state, VmState::Running);
+        assert_eq!((d.vcpus, d.memory), (2, 32 << 20));
+        assert_eq!(
+            d.devices,
+            vec![DeviceInfo {
+                slot: 0,
+                kind: DeviceKind::Rng,
+                base: 0xD000_0000,
+                gsi: 5
+            }]
+        );
+        assert_eq!((d.serial.as_str(), d.serial_path.as_ref()), ("none", None));
+        assert!(!d.jailed);
+        assert_eq!(d.pid, std::process::id());
+        assert_eq!(c.pause().expect("pause").state, VmState::Paused);
+        assert_eq!(c.describe().expect("describe").state, VmState::Paused);
+        assert_eq!(c.resume().expect("resume").state, VmState::Running);
         // The halted test kernel ignores the power button: shutdown falls
         // back to a hard stop after the timeout.
-        let sd = request(&mut s, r#"{"op":"shutdown","timeout_secs":1}"#);
-        assert_eq!(sd["ok"], true, "{sd}");
-        assert_eq!(sd["graceful"], false, "{sd}");
+        let sd = c.shutdown(1).expect("shutdown");
+        assert!(!sd.graceful, "{sd:?}");
+        assert_eq!(sd.state, VmState::Stopped);
         let code = vm.join().unwrap().unwrap();
         assert_eq!(code, 0);
         let _ = std::fs::remove_file(&k);
@@ -1449,6 +1503,13 @@ mod tests {
             assert!(!vm.is_finished(), "VM ended before printing {what:?}");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// A typed client of the VM's control socket, once it is up.
+    fn client(sock: &Path, vm: &std::thread::JoinHandle<Result<i32>>) -> Client {
+        let s = connect(sock, vm);
+        drop(s);
+        Client::connect_retry(sock, TIMEOUT).expect("connect")
     }
 
     fn connect(sock: &Path, vm: &std::thread::JoinHandle<Result<i32>>) -> UnixStream {
@@ -1493,25 +1554,24 @@ mod tests {
         ];
         let vm1 = spawn_vm(args1);
         wait_for(&out1, "hello\n.", &vm1);
-        let mut s = connect(&sock1, &vm1);
+        let mut c = client(&sock1, &vm1);
         let d = dir.display().to_string();
-        let early = request(&mut s, &format!(r#"{{"op":"snapshot","dir":"{d}"}}"#));
-        assert_eq!(
-            early["ok"], false,
-            "snapshot of a running VM must be refused"
-        );
-        assert_eq!(request(&mut s, r#"{"op":"pause"}"#)["state"], "paused");
-        let snap = request(&mut s, &format!(r#"{{"op":"snapshot","dir":"{d}"}}"#));
-        assert_eq!(snap["ok"], true, "{snap}");
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        match c.snapshot(&dir) {
+            Err(vmm_proto::ClientError::Api { source, .. }) => {
+                assert_eq!(source.kind, vmm_proto::ErrorKind::NotPaused, "{source}")
+            }
+            other => panic!("snapshot of a running VM must be refused: {other:?}"),
+        }
+        assert_eq!(c.pause().expect("pause").state, VmState::Paused);
+        let snap = c.snapshot(&dir).expect("snapshot");
+        assert_eq!(snap.dir, dir);
+        c.stop().expect("stop");
         assert_eq!(vm1.join().unwrap().unwrap(), 0);
         let meta = std::fs::metadata(dir.join("memory")).unwrap();
         assert_eq!(meta.len(), 32 << 20);
         // Sparse: the tiny guest touched a few pages; untouched memory is holes.
-        let written = snap["memory_bytes_written"]
-            .as_u64()
-            .expect("bytes written");
-        assert!(written > 0 && written < 4 << 20, "{snap}");
+        let written = snap.memory_bytes_written;
+        assert!(written > 0 && written < 4 << 20, "{snap:?}");
         assert!(
             std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 8 << 20,
             "memory file is not sparse: {} blocks",
@@ -1527,18 +1587,16 @@ mod tests {
             !text.contains("hello"),
             "restored guest started over: {text:?}"
         );
-        let mut s = connect(&sock2, &vm2);
-        let desc = request(&mut s, r#"{"op":"describe"}"#);
-        assert_eq!(desc["vcpus"], 2);
-        assert_eq!(desc["memory"], 32u64 << 20);
+        let mut c = client(&sock2, &vm2);
+        let desc = c.describe().expect("describe");
+        assert_eq!((desc.vcpus, desc.memory), (2, 32 << 20));
         // The restored VM runs on a copy-on-write mapping of `memory`; a new
         // snapshot into the same directory replaces the file (rename), never
         // truncates it under the running guest, which carries on.
-        assert_eq!(request(&mut s, r#"{"op":"pause"}"#)["state"], "paused");
-        let again = request(&mut s, &format!(r#"{{"op":"snapshot","dir":"{d}"}}"#));
-        assert_eq!(again["ok"], true, "{again}");
+        assert_eq!(c.pause().expect("pause").state, VmState::Paused);
+        c.snapshot(&dir).expect("second snapshot");
         let before = std::fs::read(&out2).unwrap().len();
-        assert_eq!(request(&mut s, r#"{"op":"resume"}"#)["state"], "running");
+        assert_eq!(c.resume().expect("resume").state, VmState::Running);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::fs::read(&out2).unwrap().len() < before + 3 {
             assert!(
@@ -1547,7 +1605,7 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        c.stop().expect("stop");
         assert_eq!(vm2.join().unwrap().unwrap(), 0);
         // And that second snapshot restores too.
         let _ = std::fs::remove_file(&out2);
@@ -1555,8 +1613,7 @@ mod tests {
         let vm3 = spawn_vm(args3);
         let text = wait_for(&out2, "...", &vm3);
         assert!(!text.contains("hello"), "{text:?}");
-        let mut s = connect(&sock2, &vm3);
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        client(&sock2, &vm3).stop().expect("stop");
         assert_eq!(vm3.join().unwrap().unwrap(), 0);
 
         // A device list that does not match the snapshot is refused.
@@ -1618,13 +1675,14 @@ mod tests {
         let api = tmp("spty-api.sock");
         let args = small_vm_args(&k, "pty", &api);
         let vm = spawn_vm(args);
-        let mut s = connect(&api, &vm);
-        let desc = request(&mut s, r#"{"op":"describe"}"#);
-        let path = desc["serial"]
-            .as_str()
-            .and_then(|d| d.strip_prefix("pty:"))
-            .unwrap_or_else(|| panic!("describe has no pty: {desc}"))
+        let mut c = client(&api, &vm);
+        let desc = c.describe().expect("describe");
+        let path = desc
+            .serial
+            .strip_prefix("pty:")
+            .unwrap_or_else(|| panic!("describe has no pty: {desc:?}"))
             .to_string();
+        assert_eq!(desc.serial_path, Some(PathBuf::from(&path)));
         let mut tty = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -1659,7 +1717,7 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         assert_eq!(got, paste);
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        assert_eq!(c.stop().expect("stop").state, VmState::Stopped);
         assert_eq!(vm.join().unwrap().unwrap(), 0);
         for p in [&k, &api] {
             let _ = std::fs::remove_file(p);
@@ -1687,8 +1745,7 @@ mod tests {
         // Output produced before the client connected is dropped; what
         // arrives is the guest's loop.
         assert!(got.iter().all(|&b| b == b'.' || b"hi\n".contains(&b)));
-        let mut s = connect(&api, &vm);
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        self::client(&api, &vm).stop().expect("stop");
         assert_eq!(vm.join().unwrap().unwrap(), 0);
         for p in [&k, &ser, &api] {
             let _ = std::fs::remove_file(p);
