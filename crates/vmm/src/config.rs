@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Parser};
+use clap::Parser;
 use thiserror::Error;
 
 pub use vmm_proto::config::{
@@ -85,11 +85,10 @@ const VM_FLAGS: [&str; 19] = [
 /// all --disk in order, then all --net, then --vsock, then --rng.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "bulkhead-vmm", version, about, long_about)]
-#[command(group(ArgGroup::new("vm_flags").multiple(true).args(VM_FLAGS)))]
 pub struct Cli {
     /// The whole VM configuration as JSON (a serialized vmm_proto::VmConfig);
     /// excludes every other flag.
-    #[arg(long, value_name = "FILE.json", conflicts_with = "vm_flags")]
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = VM_FLAGS)]
     pub config: Option<PathBuf>,
     /// Guest kernel: an ELF with a PVH entry note (vmlinux, test guest) or a bzImage.
     #[arg(long, value_name = "PATH", required_unless_present_any = ["restore", "config"])]
@@ -182,6 +181,34 @@ impl Cli {
                 gid: self.jail_gid,
             },
         }
+    }
+
+    /// `e` in the words of the command line: the flag instead of the JSON
+    /// field when the configuration came from the flags.
+    pub fn explain(&self, e: &ValidationError) -> String {
+        if self.config.is_some() {
+            return e.to_string();
+        }
+        let head = e.field.split(['.', '[']).next().unwrap_or("");
+        let flag = match head {
+            "kernel" => "--kernel",
+            "initrd" => "--initrd",
+            "cmdline" => "--cmdline",
+            "memory_bytes" => "--mem",
+            "vcpus" => "--vcpus",
+            "serial" => "--serial",
+            "disks" => "--disk",
+            "nets" => "--net",
+            "vsock" => "--vsock",
+            "api_socket" => "--api-sock",
+            "snapshot_dir" => "--snapshot-dir",
+            "restore" => "--restore",
+            "dump_dsdt" => "--dump-dsdt",
+            "jail" if e.field == "jail.id" => "--id",
+            "jail" => "--jail-dir",
+            _ => return e.to_string(),
+        };
+        format!("invalid {flag}: {} (expected {})", e.problem, e.expected)
     }
 
     /// The VM's configuration: the `--config` file, else the flags. Not
@@ -360,5 +387,30 @@ mod tests {
             .unwrap_err();
         assert!(matches!(missing, CliError::Read { .. }), "{missing}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn validation_errors_speak_the_language_of_the_input() {
+        let flags = Cli::try_parse_from(["bulkhead-vmm", "--kernel", "/k", "--mem", "1M"]).unwrap();
+        let e = flags.flags_config().validate().unwrap_err();
+        assert_eq!(e.field, "memory_bytes");
+        let text = flags.explain(&e);
+        assert!(
+            text.starts_with("invalid --mem: 1 MiB is too small"),
+            "{text}"
+        );
+        let flags =
+            Cli::try_parse_from(["bulkhead-vmm", "--kernel", "/k", "--net", "tap=a"]).unwrap();
+        let mut cfg = flags.flags_config();
+        cfg.nets[0].tap = "a/b".into();
+        let e = cfg.validate().unwrap_err();
+        assert!(flags.explain(&e).starts_with("invalid --net: "), "{e}");
+        cfg.nets.clear();
+        cfg.jail.id = Some("no spaces".into());
+        let e = cfg.validate().unwrap_err();
+        assert!(flags.explain(&e).starts_with("invalid --id: "), "{e}");
+        // From a file, the JSON field is the name.
+        let file = Cli::try_parse_from(["bulkhead-vmm", "--config", "/vm.json"]).unwrap();
+        assert!(file.explain(&e).starts_with("invalid jail.id: "), "{e}");
     }
 }

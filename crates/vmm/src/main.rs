@@ -84,6 +84,9 @@ fn main() {
         Ok(c) => c,
         Err(e) => fail(&e.to_string()),
     };
+    if let Err(e) = cfg.validate() {
+        fail(&cli.explain(&e));
+    }
     match vmm::vm::run(&cfg) {
         Ok(reason) => std::process::exit(reason.exit_code()),
         Err(e) => {
