@@ -221,6 +221,7 @@ fn monitor_jailed_as_its_own_uid_keeps_disk_serial_control_and_snapshots() {
     assert_eq!(d.state, VmState::Running);
     assert!(d.jailed);
     assert_eq!((d.pid, d.uid, d.gid), (vm.pid(), VM_UID, VM_GID));
+    assert_eq!(d.id, cfg.jail.id);
     assert_eq!(d.serial_path.as_deref(), Some(vm.serial.as_path()));
     assert_eq!(d.devices.len(), 1);
     // The disk (opened before the switch) works; the serial file keeps growing.

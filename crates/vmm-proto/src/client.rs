@@ -378,6 +378,7 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let server = serve(listener, |r| match r {
             Request::Describe => Response::Describe(Describe {
+                id: None,
                 state: VmState::Running,
                 vcpus: 3,
                 memory: 64 << 20,

@@ -137,6 +137,10 @@ pub struct DeviceInfo {
 /// The `describe` answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Describe {
+    /// The VM's identifier (`jail.id`, or the `vmm-<pid>` a jailed monitor
+    /// made up), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub state: VmState,
     pub vcpus: u32,
     /// Guest memory in bytes.
@@ -375,6 +379,7 @@ mod tests {
 
     fn describe() -> Describe {
         Describe {
+            id: Some("vm1".into()),
             state: VmState::Paused,
             vcpus: 2,
             memory: 32 << 20,
@@ -400,7 +405,7 @@ mod tests {
         let cases = [
             (
                 Response::Describe(describe()),
-                json!({"ok": true, "state": "paused", "vcpus": 2, "memory": 33554432,
+                json!({"ok": true, "id": "vm1", "state": "paused", "vcpus": 2, "memory": 33554432,
                        "devices": [{"slot": 0, "type": "rng", "base": 3489660928u64, "gsi": 5}],
                        "serial": "pty:/dev/pts/3", "serial_path": "/dev/pts/3", "jailed": true,
                        "pid": 42, "uid": 200000, "gid": 200000, "kvm_pvm": false,

@@ -23,6 +23,8 @@ use crate::snapshot::{self, DeviceSnapshot, SerialSnapshot, VmSnapshot};
 
 /// What request handlers can reach.
 pub struct ApiContext {
+    /// The VM's identifier (the jail's id), if it has one.
+    pub id: Option<String>,
     pub control: Arc<VmControl>,
     pub vcpus: u32,
     pub mem_size: u64,
@@ -202,6 +204,7 @@ pub fn handle(req: &Request, ctx: &ApiContext) -> Response {
 
 fn describe(ctx: &ApiContext) -> Describe {
     Describe {
+        id: ctx.id.clone(),
         state: state(ctx),
         vcpus: ctx.vcpus,
         memory: ctx.mem_size,

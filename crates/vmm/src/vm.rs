@@ -895,11 +895,15 @@ impl Vm {
         // Everything is open: confine the process while it is single-threaded.
         self.memslots.finish()?;
         let jailed = self.cfg.jail.enabled;
+        let mut id = self.cfg.jail.id.clone();
         if jailed {
-            jail::enter(&jail_config(&self.cfg, self.snapshot_dir.as_deref()))?;
+            let jail = jail_config(&self.cfg, self.snapshot_dir.as_deref());
+            jail::enter(&jail)?;
+            id = Some(jail.id);
         }
 
         let api_ctx = Arc::new(ApiContext {
+            id,
             control: self.control.clone(),
             vcpus: self.vcpu_count,
             mem_size: self.mem_size,
