@@ -242,3 +242,49 @@ fn bad_input_is_refused_with_a_one_line_error() {
         "error {l:?} does not name the interface lo"
     );
 }
+
+#[test]
+fn config_file_boots_the_guest_and_its_errors_name_the_json_path() {
+    require_kvm!();
+    let dir = Scratch::new("bh-config");
+    let guest = vmm::guest_elf();
+    let serial = dir.join("serial.log");
+    let mut cfg = vmm_proto::VmConfig::new(&guest);
+    cfg.cmdline = "checks=cmdline,acpi who=from-config".into();
+    cfg.vcpus = 2;
+    cfg.serial = vmm_proto::SerialSpec::File(serial.clone());
+    let file = dir.join("vm.json");
+    fs::write(&file, cfg.to_json().expect("JSON")).expect("write config");
+    let f = file.to_str().expect("utf-8 path");
+    let mut vm = Vm::start_raw(&["--config".to_string(), f.to_string()], false, false);
+    vm.serial = serial;
+    let r = vm.finish();
+    r.assert_all_passed();
+    assert!(r.ok("cmdline").contains("who=from-config"));
+    assert_eq!(field(&r.ok("acpi"), "cpus"), Some("2"));
+
+    // A misspelt field: one line naming the JSON path and the field.
+    let bad = format!(
+        r#"{{"kernel": {:?}, "disks": [{{"path": "/x", "ro": true}}]}}"#,
+        guest.display().to_string()
+    );
+    fs::write(&file, bad).expect("write config");
+    let l = one_line_error(&["--config", f]);
+    assert_names(&l, &["disks[0]"]);
+    assert_names(&l, &["unknown field `ro`"]);
+    // A value that parses but cannot be used: the field and the accepted form.
+    fs::write(
+        &file,
+        format!(
+            r#"{{"kernel": {:?}, "vcpus": 0}}"#,
+            guest.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let l = one_line_error(&["--config", f]);
+    assert_names(&l, &["invalid vcpus"]);
+    assert_names(&l, &["expected 1 to 255"]);
+    // --config excludes the flags.
+    let l = one_line_error(&["--config", f, "--mem", "64M"]);
+    assert_names(&l, &["--config", "cannot be used"]);
+}

@@ -10,8 +10,8 @@ mod vmm;
 use std::thread::sleep;
 use std::time::Duration;
 
-use serde_json::json;
 use vmm::{Vm, VmSpec};
+use vmm_proto::{ErrorKind, Request, Response, VmState};
 
 /// How long the paused guest is watched for ticks: several tick periods
 /// (~200 ms each). Not a speed assertion — a paused guest prints nothing,
@@ -24,7 +24,8 @@ fn pause_stops_ticks_and_resume_continues() {
     let mut vm = Vm::start(&VmSpec::guest("checks=tick tick.count=100000").with_api());
     vm.wait_serial("two ticks", |r| r.ticks().len() >= 2);
 
-    vm.api_ok(json!({"op": "pause"}));
+    let mut api = vm.client();
+    assert_eq!(api.pause().expect("pause").state, VmState::Paused);
     // Let a line that was half-written when the vCPU stopped settle.
     sleep(Duration::from_millis(300));
     let before = vm.report().text;
@@ -34,14 +35,21 @@ fn pause_stops_ticks_and_resume_continues() {
         before, after,
         "serial output grew while paused:\n--- before\n{before}\n--- after\n{after}"
     );
-    let desc = vm.api(&json!({"op": "describe"}));
-    assert!(
-        desc.to_string().to_lowercase().contains("paused"),
-        "describe while paused: {desc}"
+    let desc = api.describe().expect("describe");
+    assert_eq!(
+        desc.state,
+        VmState::Paused,
+        "describe while paused: {desc:?}"
     );
+    assert_eq!(desc.pid, vm.pid());
+    // A graceful shutdown needs a running guest.
+    match api.call(&Request::Shutdown { timeout_secs: 1 }) {
+        Ok(Response::Error(e)) => assert_eq!(e.kind, ErrorKind::Paused, "{e}"),
+        other => panic!("shutdown while paused: {other:?}"),
+    }
 
     let n = vm.report().ticks().len();
-    vm.api_ok(json!({"op": "resume"}));
+    assert_eq!(api.resume().expect("resume").state, VmState::Running);
     vm.wait_serial("ticks after resume", |r| r.ticks().len() >= n + 2);
     let ticks = vm.report().ticks();
     assert!(
@@ -49,8 +57,8 @@ fn pause_stops_ticks_and_resume_continues() {
         "ticks not consecutive across pause/resume: {ticks:?}"
     );
 
-    vm.api_ok(json!({"op": "stop"}));
-    vm.wait_guarded(vmm::HANG_GUARD);
+    assert_eq!(api.stop().expect("stop").state, VmState::Stopped);
+    assert!(vm.wait_guarded(vmm::HANG_GUARD).success(), "{}", vm.dump());
 }
 
 #[test]
@@ -67,16 +75,26 @@ fn snapshot_restores_into_a_new_monitor() {
     );
     let snapdir = snaps.join("snapshot");
     vm.wait_serial("three ticks", |r| r.ticks().len() >= 3);
-    vm.api_ok(json!({"op": "pause"}));
+    let mut api = vm.client();
+    // Only a paused VM can be snapshotted.
+    match api.snapshot(&snapdir) {
+        Err(vmm_proto::ClientError::Api { source, .. }) => {
+            assert_eq!(source.kind, ErrorKind::NotPaused, "{source}")
+        }
+        other => panic!("snapshot of a running VM: {other:?}"),
+    }
+    api.pause().expect("pause");
     sleep(Duration::from_millis(300));
     let last = *vm.report().ticks().last().expect("ticks before snapshot");
-    vm.api_ok(json!({"op": "snapshot", "dir": snapdir.display().to_string()}));
+    let done = api.snapshot(&snapdir).expect("snapshot");
+    assert_eq!(done.dir, snapdir);
+    assert!(done.memory_bytes_written > 0, "{done:?}");
     assert!(
         snapdir.is_dir() && std::fs::read_dir(&snapdir).map(|d| d.count()).unwrap_or(0) > 0,
         "snapshot wrote nothing to {}",
         snapdir.display()
     );
-    vm.api_ok(json!({"op": "stop"}));
+    api.stop().expect("stop");
     vm.wait_guarded(vmm::HANG_GUARD);
 
     // A new process from the snapshot: memory and CPU state come back, so
@@ -94,6 +112,26 @@ fn snapshot_restores_into_a_new_monitor() {
         restored.dump()
     );
     assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
-    restored.api_ok(json!({"op": "stop"}));
+    restored.client().stop().expect("stop");
     restored.wait_guarded(vmm::HANG_GUARD);
+}
+
+#[test]
+fn shutdown_presses_the_power_button_and_the_guest_powers_off() {
+    require_kvm!();
+    // The guest's `power` check waits for the GED interrupt, reports it,
+    // then finishes and powers off through the sleep register.
+    let mut vm = Vm::start(&VmSpec::guest("checks=power power.wait_ms=120000").with_api());
+    vm.wait_serial("the guest waiting for the button", |r| {
+        r.lines().any(|l| l.starts_with("power.wait ready"))
+    });
+    let mut api = vm.client();
+    let done = api.shutdown(120).expect("shutdown");
+    assert!(done.graceful, "{done:?}\n{}", vm.dump());
+    assert_eq!(done.state, VmState::Stopped);
+    let status = vm.wait_guarded(vmm::HANG_GUARD);
+    assert!(status.success(), "{status}\n{}", vm.dump());
+    let r = vm.report();
+    r.assert_all_passed();
+    assert!(r.ok("power").contains("button"), "{}", r.text);
 }

@@ -516,7 +516,16 @@ impl Vm {
         }
     }
 
-    /// Sends one control request; returns the parsed response line.
+    /// A typed client of the control socket (waits for the socket to come
+    /// up); each call is bounded by the hang guard.
+    pub fn client(&self) -> vmm_proto::Client {
+        let path = self.api.as_ref().expect("started without an API socket");
+        vmm_proto::Client::connect_retry(path, HANG_GUARD)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.dump()))
+    }
+
+    /// Sends one control request as raw JSON (for requests the typed
+    /// client cannot express); returns the parsed response line.
     pub fn api(&self, req: &serde_json::Value) -> serde_json::Value {
         let path = self.api.as_ref().expect("started without an API socket");
         let start = Instant::now();

@@ -1,18 +1,19 @@
-//! The control socket: JSON lines over a Unix socket, one request per line,
-//! one response per line. Requests: `{"op":"describe"}`, `pause`, `resume`,
-//! `shutdown` (power-button event, then a hard stop after `timeout_secs`,
-//! default 30), `stop`, `snapshot` (`{"op":"snapshot","dir":…}`, paused only).
-//! Responses: `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
+//! The control socket: newline-delimited JSON over a Unix socket, one
+//! request per line, one response per line, one client at a time. The
+//! protocol's types are [`vmm_proto::Request`] and [`vmm_proto::Response`]
+//! (see that crate for the wire spelling); this module answers them.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
-use serde::Serialize;
-use serde_json::{json, Value};
 use vm_memory::GuestMemoryMmap;
+use vmm_proto::{
+    Describe, DeviceInfo, ErrorKind, Request, Response, ShutdownDone, SnapshotDone, VmState,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::{ExitReason, VmControl};
@@ -20,18 +21,10 @@ use crate::devices::legacy::SerialDevice;
 use crate::devices::virtio::MmioTransport;
 use crate::snapshot::{self, DeviceSnapshot, SerialSnapshot, VmSnapshot};
 
-/// A virtio slot as `describe` reports it.
-#[derive(Clone, Debug, Serialize)]
-pub struct DeviceInfo {
-    pub slot: usize,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub base: u64,
-    pub gsi: u32,
-}
-
 /// What request handlers can reach.
 pub struct ApiContext {
+    /// The VM's identifier (the jail's id), if it has one.
+    pub id: Option<String>,
     pub control: Arc<VmControl>,
     pub vcpus: u32,
     pub mem_size: u64,
@@ -40,6 +33,11 @@ pub struct ApiContext {
     /// irqfd of the ACPI Generic Event Device (power button).
     pub power_button: EventFd,
     pub jailed: bool,
+    /// The monitor's pid, uid and gid once jailed (read before the threads'
+    /// seccomp filters, for `describe`).
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
     /// The host's KVM is kvm_pvm (emulation fallbacks active).
     pub pvm: bool,
     pub vm: Arc<VmFd>,
@@ -47,11 +45,13 @@ pub struct ApiContext {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// The console backend as `describe` reports it (`stdout`, `pty:/dev/pts/N`, …).
     pub serial_desc: String,
+    /// The console's host path (PTY, file or socket).
+    pub serial_path: Option<PathBuf>,
     /// `/proc/self/pagemap`, opened before the jail, so that snapshots skip
     /// untouched guest memory; `None` if it could not be opened.
     pub pagemap: Option<crate::snapshot::PageMap>,
     /// Where snapshots may go (canonical path); required when jailed.
-    pub snapshot_dir: Option<std::path::PathBuf>,
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// Longest request line we read.
@@ -76,17 +76,18 @@ fn handle_client(stream: UnixStream, ctx: &ApiContext) {
     };
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
+    let bad = |msg: &str| Response::error(ErrorKind::BadRequest, msg).to_line();
     loop {
         line.clear();
         match (&mut reader).take(MAX_LINE as u64).read_line(&mut line) {
             Ok(0) => return,
             Ok(_) if !line.ends_with('\n') && line.len() >= MAX_LINE => {
-                let _ = writeln!(out, "{}", error("request line is longer than 64 KiB"));
+                let _ = writeln!(out, "{}", bad("request line is longer than 64 KiB"));
                 return;
             }
             Ok(_) => {}
             Err(_) => {
-                let _ = writeln!(out, "{}", error("request is not valid UTF-8"));
+                let _ = writeln!(out, "{}", bad("request is not valid UTF-8"));
                 return;
             }
         }
@@ -94,8 +95,8 @@ fn handle_client(stream: UnixStream, ctx: &ApiContext) {
             continue;
         }
         ctx.control.api_request(true);
-        let resp = handle_request(line.trim(), ctx);
-        let written = writeln!(out, "{resp}").and_then(|_| out.flush());
+        let resp = handle_line(&line, ctx);
+        let written = writeln!(out, "{}", resp.to_line()).and_then(|_| out.flush());
         ctx.control.api_request(false);
         if written.is_err() {
             return;
@@ -103,107 +104,128 @@ fn handle_client(stream: UnixStream, ctx: &ApiContext) {
     }
 }
 
-fn error(msg: &str) -> Value {
-    json!({"ok": false, "error": msg})
+/// Parses and answers one request line.
+pub fn handle_line(line: &str, ctx: &ApiContext) -> Response {
+    match Request::from_line(line) {
+        Ok(req) => handle(&req, ctx),
+        Err(e) => Response::Error(e),
+    }
 }
 
-/// Handles one request line; pure dispatch so it can be unit-tested.
-pub fn handle_request(line: &str, ctx: &ApiContext) -> Value {
-    let req: Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => return error(&format!("request is not valid JSON: {e}")),
-    };
-    let Some(op) = req.get("op").and_then(Value::as_str) else {
-        return error("request has no \"op\" string");
-    };
+/// Answers one request.
+pub fn handle(req: &Request, ctx: &ApiContext) -> Response {
     let c = &ctx.control;
-    match op {
-        "describe" => json!({
-            "ok": true,
-            "state": state(ctx),
-            "vcpus": ctx.vcpus,
-            "memory": ctx.mem_size,
-            "devices": ctx.devices,
-            "serial": ctx.serial_desc,
-            "jailed": ctx.jailed,
-            "kvm_pvm": ctx.pvm,
-            "emulation_fallbacks": crate::x86::emulate::FALLBACK_NAMES
-                .iter()
-                .zip(c.fallback_counts())
-                .map(|(n, v)| (n.to_string(), json!(v)))
-                .collect::<serde_json::Map<String, Value>>(),
-        }),
-        "pause" => {
+    let stopped = || Response::error(ErrorKind::Stopped, "the VM has stopped");
+    match req {
+        Request::Describe => Response::Describe(describe(ctx)),
+        Request::Pause => {
             if c.should_stop() {
-                return error("the VM has stopped");
+                return stopped();
             }
             for t in &ctx.transports {
                 t.lock().unwrap_or_else(|e| e.into_inner()).pause();
             }
             if c.pause() {
-                json!({"ok": true, "state": "paused"})
+                Response::state(VmState::Paused)
             } else {
-                error("the VM stopped while pausing")
+                Response::error(ErrorKind::Stopped, "the VM stopped while pausing")
             }
         }
-        "resume" => {
+        Request::Resume => {
             if c.should_stop() {
-                return error("the VM has stopped");
+                return stopped();
             }
             for t in &ctx.transports {
                 t.lock().unwrap_or_else(|e| e.into_inner()).resume();
             }
             c.resume();
-            json!({"ok": true, "state": "running"})
+            Response::state(VmState::Running)
         }
-        "stop" => {
+        Request::Stop => {
             c.request_exit(ExitReason::Stopped);
-            json!({"ok": true, "state": "stopped"})
+            Response::state(VmState::Stopped)
         }
-        "shutdown" => {
-            let timeout = req
-                .get("timeout_secs")
-                .and_then(Value::as_u64)
-                .unwrap_or(30);
+        Request::Shutdown { timeout_secs } => {
+            let timeout = *timeout_secs;
             if c.is_paused() {
-                return error("the VM is paused; resume it before a graceful shutdown");
+                return Response::error(
+                    ErrorKind::Paused,
+                    "the VM is paused; resume it before a graceful shutdown",
+                );
             }
             if ctx.power_button.write(1).is_err() {
-                return error("cannot raise the power-button interrupt");
+                return Response::error(
+                    ErrorKind::Failed,
+                    "cannot raise the power-button interrupt",
+                );
             }
             let start = Instant::now();
-            while !c.should_stop() && start.elapsed() < Duration::from_secs(timeout) {
+            let limit = Duration::from_secs(timeout);
+            while !c.should_stop() && start.elapsed() < limit {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if c.should_stop() {
-                json!({"ok": true, "state": "stopped", "graceful": true})
+                Response::Shutdown(ShutdownDone {
+                    state: VmState::Stopped,
+                    graceful: true,
+                    note: None,
+                })
             } else {
                 c.request_exit(ExitReason::Stopped);
-                json!({"ok": true, "state": "stopped", "graceful": false,
-                       "note": format!("guest did not power off within {timeout} s; stopped")})
+                Response::Shutdown(ShutdownDone {
+                    state: VmState::Stopped,
+                    graceful: false,
+                    note: Some(format!(
+                        "guest did not power off within {timeout} s; stopped"
+                    )),
+                })
             }
         }
-        "snapshot" => {
-            let Some(dir) = req.get("dir").and_then(Value::as_str) else {
-                return error("snapshot needs a \"dir\" string");
-            };
+        Request::Snapshot { dir } => {
             if !c.is_paused() || c.should_stop() {
-                return error("snapshot needs a paused VM: send pause first");
+                return Response::error(
+                    ErrorKind::NotPaused,
+                    "snapshot needs a paused VM: send pause first",
+                );
             }
-            if let Err(e) = check_snapshot_dir(std::path::Path::new(dir), ctx) {
-                return error(&e);
+            if let Err(e) = check_snapshot_dir(dir, ctx) {
+                return Response::error(ErrorKind::Forbidden, e);
             }
-            match take_snapshot(std::path::Path::new(dir), ctx) {
-                Ok(written) => json!({"ok": true, "dir": dir, "memory_bytes_written": written}),
-                Err(e) => error(&format!("snapshot failed: {e:#}")),
+            match take_snapshot(dir, ctx) {
+                Ok(written) => Response::Snapshot(SnapshotDone {
+                    dir: dir.clone(),
+                    memory_bytes_written: written,
+                }),
+                Err(e) => Response::error(ErrorKind::Failed, format!("snapshot failed: {e:#}")),
             }
         }
-        other => error(&format!("unknown op {other:?}")),
+    }
+}
+
+fn describe(ctx: &ApiContext) -> Describe {
+    Describe {
+        id: ctx.id.clone(),
+        state: state(ctx),
+        vcpus: ctx.vcpus,
+        memory: ctx.mem_size,
+        devices: ctx.devices.clone(),
+        serial: ctx.serial_desc.clone(),
+        serial_path: ctx.serial_path.clone(),
+        jailed: ctx.jailed,
+        pid: ctx.pid,
+        uid: ctx.uid,
+        gid: ctx.gid,
+        kvm_pvm: ctx.pvm,
+        emulation_fallbacks: crate::x86::emulate::FALLBACK_NAMES
+            .iter()
+            .zip(ctx.control.fallback_counts())
+            .map(|(n, v)| (n.to_string(), v))
+            .collect(),
     }
 }
 
 /// In the jail only `--snapshot-dir` is writable: the target must be inside it.
-fn check_snapshot_dir(dir: &std::path::Path, ctx: &ApiContext) -> Result<(), String> {
+fn check_snapshot_dir(dir: &Path, ctx: &ApiContext) -> Result<(), String> {
     if !dir.is_absolute() {
         return Err(format!(
             "snapshot dir {} must be an absolute path",
@@ -234,7 +256,7 @@ fn check_snapshot_dir(dir: &std::path::Path, ctx: &ApiContext) -> Result<(), Str
 }
 
 /// Writes the snapshot; returns the bytes of guest memory written.
-fn take_snapshot(dir: &std::path::Path, ctx: &ApiContext) -> anyhow::Result<u64> {
+fn take_snapshot(dir: &Path, ctx: &ApiContext) -> anyhow::Result<u64> {
     let vcpus = ctx.control.states().map_err(anyhow::Error::msg)?;
     let (irqchip, clock) = snapshot::save_vm(&ctx.vm)?;
     let serial = {
@@ -246,7 +268,7 @@ fn take_snapshot(dir: &std::path::Path, ctx: &ApiContext) -> anyhow::Result<u64>
         .iter()
         .zip(ctx.transports.iter())
         .map(|(d, t)| DeviceSnapshot {
-            kind: d.kind.to_string(),
+            kind: d.kind.name().to_string(),
             state: t.lock().unwrap_or_else(|e| e.into_inner()).snapshot(),
         })
         .collect();
@@ -262,12 +284,12 @@ fn take_snapshot(dir: &std::path::Path, ctx: &ApiContext) -> anyhow::Result<u64>
     snapshot::write(dir, &ctx.mem, &snap, ctx.pagemap.as_ref())
 }
 
-fn state(ctx: &ApiContext) -> &'static str {
+fn state(ctx: &ApiContext) -> VmState {
     if ctx.control.should_stop() {
-        "stopped"
+        VmState::Stopped
     } else if ctx.control.is_paused() {
-        "paused"
+        VmState::Paused
     } else {
-        "running"
+        VmState::Running
     }
 }

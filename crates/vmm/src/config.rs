@@ -1,210 +1,35 @@
-//! The monitor's command line (clap) and the parsers for its values: sizes,
-//! serial, disk, net and vsock specifications. Everything here is pure and
-//! unit-tested; checks that need the host (files, KVM limits) live in `vm`.
+//! The monitor's command line (clap), a thin shell over
+//! [`vmm_proto::VmConfig`]: the flags convert into a `VmConfig`
+//! ([`Cli::flags_config`]), or `--config <file.json>` reads one
+//! ([`Cli::load`]). The value types and their parsers live in `vmm-proto`
+//! (so a supervisor can use them without KVM) and are re-exported here.
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use thiserror::Error;
 
-/// A command-line value that cannot be used.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("invalid size {0:?}: expected a number with an optional K, M, G or T suffix (e.g. 128M, 1G)")]
-    Size(String),
-    #[error("invalid --serial {0:?}: expected stdout, pty, none, file:<path> or socket:<path>")]
-    Serial(String),
-    #[error("invalid --disk {0:?}: expected <path>[,ro]")]
-    Disk(String),
-    #[error("invalid --net {0:?}: expected tap=<name>[,mac=xx:xx:xx:xx:xx:xx]")]
-    Net(String),
-    #[error("invalid MAC address {0:?}: expected six hex bytes separated by ':'")]
-    Mac(String),
-    #[error("invalid --vsock {0:?}: expected cid=<n>,uds=<path> with n >= 3")]
-    Vsock(String),
-}
+pub use vmm_proto::config::{
+    format_mac, parse_disk, parse_mac, parse_net, parse_serial, parse_size, parse_vsock, DiskSpec,
+    JailConfig, NetSpec, ParseError, SerialSpec, ValidationError, VmConfig, VsockSpec,
+};
 
-/// Parses `128M`, `1G`, `512k`, `4096`, `2GiB` into bytes.
-pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let err = || ConfigError::Size(s.to_string());
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let body = lower
-        .strip_suffix("ib")
-        .or_else(|| lower.strip_suffix('b'))
-        .unwrap_or(&lower);
-    let (digits, shift) = match body.chars().last() {
-        Some('k') => (&body[..body.len() - 1], 10),
-        Some('m') => (&body[..body.len() - 1], 20),
-        Some('g') => (&body[..body.len() - 1], 30),
-        Some('t') => (&body[..body.len() - 1], 40),
-        _ => (body, 0),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(err());
-    }
-    let n: u64 = digits.parse().map_err(|_| err())?;
-    n.checked_mul(1u64 << shift).ok_or_else(err)
-}
+/// A command-line value that cannot be parsed (the parsers' error).
+pub type ConfigError = ParseError;
 
-/// Where the guest's COM1 output goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SerialSpec {
-    /// Our stdout; input from stdin when it is a terminal.
-    Stdout,
-    /// Appended to a file.
-    File(PathBuf),
-    /// A Unix socket we listen on; one client at a time gets output and
-    /// sends input.
-    Socket(PathBuf),
-    /// A new pseudo-terminal; its path (`/dev/pts/N`) is printed on stderr
-    /// and reported by `describe`.
-    Pty,
-    /// Discarded.
-    None,
-}
-
-/// The `--serial` spelling of the backend (what [`parse_serial`] reads).
-impl std::fmt::Display for SerialSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SerialSpec::Stdout => write!(f, "stdout"),
-            SerialSpec::File(p) => write!(f, "file:{}", p.display()),
-            SerialSpec::Socket(p) => write!(f, "socket:{}", p.display()),
-            SerialSpec::Pty => write!(f, "pty"),
-            SerialSpec::None => write!(f, "none"),
-        }
-    }
-}
-
-pub fn parse_serial(s: &str) -> Result<SerialSpec, ConfigError> {
-    let err = || ConfigError::Serial(s.to_string());
-    match s {
-        "stdout" => Ok(SerialSpec::Stdout),
-        "none" => Ok(SerialSpec::None),
-        "pty" => Ok(SerialSpec::Pty),
-        _ => {
-            if let Some(p) = s.strip_prefix("file:") {
-                if p.is_empty() {
-                    return Err(err());
-                }
-                Ok(SerialSpec::File(PathBuf::from(p)))
-            } else if let Some(p) = s.strip_prefix("socket:") {
-                if p.is_empty() {
-                    return Err(err());
-                }
-                Ok(SerialSpec::Socket(PathBuf::from(p)))
-            } else {
-                Err(err())
-            }
-        }
-    }
-}
-
-/// A virtio-blk backing file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DiskSpec {
-    pub path: PathBuf,
-    pub read_only: bool,
-}
-
-pub fn parse_disk(s: &str) -> Result<DiskSpec, ConfigError> {
-    let err = || ConfigError::Disk(s.to_string());
-    let mut parts = s.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(err)?;
-    let path = path.strip_prefix("path=").unwrap_or(path);
-    let mut read_only = false;
-    for opt in parts {
-        match opt {
-            "ro" | "readonly" | "ro=on" => read_only = true,
-            "rw" | "ro=off" => read_only = false,
-            _ => return Err(err()),
-        }
-    }
-    if path.is_empty() {
-        return Err(err());
-    }
-    Ok(DiskSpec {
-        path: PathBuf::from(path),
-        read_only,
-    })
-}
-
-/// A virtio-net device on a host TAP interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetSpec {
-    pub tap: String,
-    pub mac: Option<[u8; 6]>,
-}
-
-pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
-    let err = || ConfigError::Mac(s.to_string());
-    let mut mac = [0u8; 6];
-    let mut n = 0;
-    for part in s.split(':') {
-        if n == 6 || part.len() != 2 {
-            return Err(err());
-        }
-        mac[n] = u8::from_str_radix(part, 16).map_err(|_| err())?;
-        n += 1;
-    }
-    if n != 6 {
-        return Err(err());
-    }
-    Ok(mac)
-}
-
-pub fn parse_net(s: &str) -> Result<NetSpec, ConfigError> {
-    let err = || ConfigError::Net(s.to_string());
-    let mut tap = None;
-    let mut mac = None;
-    for opt in s.split(',') {
-        let (k, v) = opt.split_once('=').ok_or_else(err)?;
-        match k {
-            // Linux limits interface names to 15 bytes (IFNAMSIZ - 1).
-            "tap" if !v.is_empty() && v.len() <= 15 && !v.contains('/') => {
-                tap = Some(v.to_string())
-            }
-            "mac" => mac = Some(parse_mac(v)?),
-            _ => return Err(err()),
-        }
-    }
-    Ok(NetSpec {
-        tap: tap.ok_or_else(err)?,
-        mac,
-    })
-}
-
-/// A virtio-vsock device with a Unix-socket backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VsockSpec {
-    pub cid: u32,
-    pub uds: PathBuf,
-}
-
-pub fn parse_vsock(s: &str) -> Result<VsockSpec, ConfigError> {
-    let err = || ConfigError::Vsock(s.to_string());
-    let mut cid = None;
-    let mut uds = None;
-    for opt in s.split(',') {
-        let (k, v) = opt.split_once('=').ok_or_else(err)?;
-        match k {
-            // CIDs 0-2 are reserved (hypervisor, local, host); u32::MAX is VMADDR_CID_ANY.
-            "cid" => {
-                let n: u32 = v.parse().map_err(|_| err())?;
-                if n < 3 || n == u32::MAX {
-                    return Err(err());
-                }
-                cid = Some(n)
-            }
-            "uds" if !v.is_empty() => uds = Some(PathBuf::from(v)),
-            _ => return Err(err()),
-        }
-    }
-    Ok(VsockSpec {
-        cid: cid.ok_or_else(err)?,
-        uds: uds.ok_or_else(err)?,
-    })
+/// Why [`Cli::load`] could not produce a configuration.
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error("cannot read --config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: vmm_proto::ConfigFileError,
+    },
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -223,7 +48,33 @@ fn vsock_arg(s: &str) -> Result<VsockSpec, String> {
     parse_vsock(s).map_err(|e| e.to_string())
 }
 
+/// Every flag that describes the VM: mutually exclusive with `--config`.
+const VM_FLAGS: [&str; 19] = [
+    "kernel",
+    "initrd",
+    "cmdline",
+    "mem",
+    "vcpus",
+    "serial",
+    "disk",
+    "net",
+    "vsock",
+    "rng",
+    "api_sock",
+    "dump_dsdt",
+    "no_jail",
+    "snapshot_dir",
+    "id",
+    "jail_dir",
+    "jail_uid",
+    "jail_gid",
+    "restore",
+];
+
 /// Bulkhead's virtual machine monitor: one process runs one KVM virtual machine.
+///
+/// The VM is described either by the flags or by `--config <file.json>` (a
+/// serialized `vmm_proto::VmConfig`), not both.
 ///
 /// Exit status: 0 when the guest powered off (or a `stop`/`shutdown` request
 /// over the control socket ended it), 2 when the guest requested a reset or
@@ -235,8 +86,12 @@ fn vsock_arg(s: &str) -> Result<VsockSpec, String> {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "bulkhead-vmm", version, about, long_about)]
 pub struct Cli {
+    /// The whole VM configuration as JSON (a serialized vmm_proto::VmConfig);
+    /// excludes every other flag.
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = VM_FLAGS)]
+    pub config: Option<PathBuf>,
     /// Guest kernel: an ELF with a PVH entry note (vmlinux, test guest) or a bzImage.
-    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["restore", "config"])]
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk, loaded at the top of low RAM.
     #[arg(long, value_name = "PATH")]
@@ -276,16 +131,16 @@ pub struct Cli {
     /// Do not confine the monitor (no mount namespace, seccomp or privilege drop).
     #[arg(long)]
     pub no_jail: bool,
-    /// Directory for snapshots: kept writable inside the jail; snapshot
-    /// requests must name a directory inside it (required for snapshots
-    /// unless --no-jail).
+    /// Directory for snapshots: kept writable inside the jail (and given to
+    /// --jail-uid/--jail-gid); snapshot requests must name a directory inside
+    /// it (required for snapshots unless --no-jail).
     #[arg(long, value_name = "DIR")]
     pub snapshot_dir: Option<PathBuf>,
     /// VM identifier, used for the jail directory name (default vmm-<pid>).
     #[arg(long, value_name = "NAME")]
     pub id: Option<String>,
     /// Directory under which the jail's root is created (<dir>/<id>/root).
-    #[arg(long, value_name = "DIR", default_value = "/run/bulkhead/jail")]
+    #[arg(long, value_name = "DIR", default_value = vmm_proto::config::DEFAULT_JAIL_DIR)]
     pub jail_dir: PathBuf,
     /// User the jailed monitor runs as (0 keeps root, without capabilities).
     #[arg(long, value_name = "UID", default_value_t = 0)]
@@ -300,125 +155,82 @@ pub struct Cli {
     pub restore: Option<PathBuf>,
 }
 
+impl Cli {
+    /// The configuration the flags describe (ignores `--config`).
+    pub fn flags_config(&self) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            memory_bytes: self.mem,
+            vcpus: self.vcpus,
+            serial: self.serial.clone(),
+            disks: self.disk.clone(),
+            nets: self.net.clone(),
+            vsock: self.vsock.clone(),
+            rng: self.rng,
+            api_socket: self.api_sock.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            restore: self.restore.clone(),
+            dump_dsdt: self.dump_dsdt.clone(),
+            jail: JailConfig {
+                enabled: !self.no_jail,
+                id: self.id.clone(),
+                dir: self.jail_dir.clone(),
+                uid: self.jail_uid,
+                gid: self.jail_gid,
+            },
+        }
+    }
+
+    /// `e` in the words of the command line: the flag instead of the JSON
+    /// field when the configuration came from the flags.
+    pub fn explain(&self, e: &ValidationError) -> String {
+        if self.config.is_some() {
+            return e.to_string();
+        }
+        let head = e.field.split(['.', '[']).next().unwrap_or("");
+        let flag = match head {
+            "kernel" => "--kernel",
+            "initrd" => "--initrd",
+            "cmdline" => "--cmdline",
+            "memory_bytes" => "--mem",
+            "vcpus" => "--vcpus",
+            "serial" => "--serial",
+            "disks" => "--disk",
+            "nets" => "--net",
+            "vsock" => "--vsock",
+            "api_socket" => "--api-sock",
+            "snapshot_dir" => "--snapshot-dir",
+            "restore" => "--restore",
+            "dump_dsdt" => "--dump-dsdt",
+            "jail" if e.field == "jail.id" => "--id",
+            "jail" => "--jail-dir",
+            _ => return e.to_string(),
+        };
+        format!("invalid {flag}: {} (expected {})", e.problem, e.expected)
+    }
+
+    /// The VM's configuration: the `--config` file, else the flags. Not
+    /// validated (see [`VmConfig::validate`]).
+    pub fn load(&self) -> Result<VmConfig, CliError> {
+        let Some(path) = &self.config else {
+            return Ok(self.flags_config());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        VmConfig::from_json(&text).map_err(|source| CliError::Parse {
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("128M"), Ok(128 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("512k"), Ok(512 << 10));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64MB"), Ok(64 << 20));
-        for bad in [
-            "",
-            "M",
-            "12X",
-            "-1M",
-            "1.5G",
-            "99999999999999999999",
-            "20000000T",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn serial_specs() {
-        assert_eq!(parse_serial("stdout"), Ok(SerialSpec::Stdout));
-        assert_eq!(parse_serial("none"), Ok(SerialSpec::None));
-        assert_eq!(parse_serial("pty"), Ok(SerialSpec::Pty));
-        for spelling in ["stdout", "none", "pty", "file:/tmp/x", "socket:/run/s"] {
-            assert_eq!(parse_serial(spelling).unwrap().to_string(), spelling);
-        }
-        assert_eq!(
-            parse_serial("file:/tmp/x"),
-            Ok(SerialSpec::File("/tmp/x".into()))
-        );
-        assert_eq!(
-            parse_serial("socket:/run/s"),
-            Ok(SerialSpec::Socket("/run/s".into()))
-        );
-        for bad in ["", "file:", "socket:", "tty", "File:/x"] {
-            assert!(parse_serial(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn disk_specs() {
-        assert_eq!(
-            parse_disk("/d.img"),
-            Ok(DiskSpec {
-                path: "/d.img".into(),
-                read_only: false
-            })
-        );
-        assert_eq!(
-            parse_disk("/d.img,ro"),
-            Ok(DiskSpec {
-                path: "/d.img".into(),
-                read_only: true
-            })
-        );
-        for bad in ["", ",ro", "/d.img,bogus", "path="] {
-            assert!(parse_disk(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn net_specs() {
-        assert_eq!(
-            parse_net("tap=tap0"),
-            Ok(NetSpec {
-                tap: "tap0".into(),
-                mac: None
-            })
-        );
-        assert_eq!(
-            parse_net("tap=t1,mac=02:00:00:aa:BB:0f"),
-            Ok(NetSpec {
-                tap: "t1".into(),
-                mac: Some([2, 0, 0, 0xaa, 0xbb, 0x0f])
-            })
-        );
-        for bad in [
-            "",
-            "tap0",
-            "tap=",
-            "mac=02:00:00:00:00:01",
-            "tap=a,mac=1:2:3:4:5:6",
-            "tap=a,mac=02:00:00:00:00",
-            "tap=a,mac=02:00:00:00:00:00:00",
-            "tap=abcdefghijklmnop",
-            "tap=a,color=red",
-        ] {
-            assert!(parse_net(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn vsock_specs() {
-        assert_eq!(
-            parse_vsock("cid=3,uds=/tmp/v.sock"),
-            Ok(VsockSpec {
-                cid: 3,
-                uds: "/tmp/v.sock".into()
-            })
-        );
-        for bad in [
-            "",
-            "cid=2,uds=/x",
-            "cid=3",
-            "uds=/x",
-            "cid=x,uds=/x",
-            "cid=3,uds=",
-        ] {
-            assert!(parse_vsock(bad).is_err(), "{bad} accepted");
-        }
-    }
 
     #[test]
     fn cli_parses_a_full_line() {
@@ -451,5 +263,154 @@ mod tests {
         assert_eq!(cli.serial, SerialSpec::None);
         assert!(Cli::try_parse_from(["bulkhead-vmm", "--mem", "1G"]).is_err());
         assert!(Cli::try_parse_from(["bulkhead-vmm", "--kernel", "/k", "--mem", "lots"]).is_err());
+    }
+
+    #[test]
+    fn cli_converts_into_a_vm_config() {
+        let cli = Cli::try_parse_from([
+            "bulkhead-vmm",
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "console=ttyS0",
+            "--mem",
+            "64M",
+            "--vcpus",
+            "3",
+            "--serial",
+            "file:/s.log",
+            "--disk",
+            "/a,ro",
+            "--net",
+            "tap=t0,mac=02:00:00:00:00:07",
+            "--vsock",
+            "cid=9,uds=/v.sock",
+            "--rng",
+            "--api-sock",
+            "/api.sock",
+            "--snapshot-dir",
+            "/snaps",
+            "--dump-dsdt",
+            "/dsdt.aml",
+            "--id",
+            "vm7",
+            "--jail-dir",
+            "/j",
+            "--jail-uid",
+            "200000",
+            "--jail-gid",
+            "200001",
+        ])
+        .expect("valid command line");
+        let want = VmConfig {
+            kernel: Some("/k".into()),
+            initrd: Some("/i".into()),
+            cmdline: "console=ttyS0".into(),
+            memory_bytes: 64 << 20,
+            vcpus: 3,
+            serial: SerialSpec::File("/s.log".into()),
+            disks: vec![DiskSpec {
+                path: "/a".into(),
+                read_only: true,
+            }],
+            nets: vec![NetSpec {
+                tap: "t0".into(),
+                mac: Some([2, 0, 0, 0, 0, 7]),
+            }],
+            vsock: Some(VsockSpec {
+                cid: 9,
+                uds: "/v.sock".into(),
+            }),
+            rng: true,
+            api_socket: Some("/api.sock".into()),
+            snapshot_dir: Some("/snaps".into()),
+            restore: None,
+            dump_dsdt: Some("/dsdt.aml".into()),
+            jail: JailConfig {
+                enabled: true,
+                id: Some("vm7".into()),
+                dir: "/j".into(),
+                uid: 200000,
+                gid: 200001,
+            },
+        };
+        assert_eq!(cli.load().expect("flags"), want);
+        want.validate().expect("valid");
+        // The defaults of the flags are the defaults of the JSON form.
+        let cli = Cli::try_parse_from(["bulkhead-vmm", "--kernel", "/k"]).unwrap();
+        assert_eq!(cli.flags_config(), VmConfig::new("/k"));
+        let cli = Cli::try_parse_from(["bulkhead-vmm", "--restore", "/snap", "--no-jail"]).unwrap();
+        let cfg = cli.flags_config();
+        assert_eq!(cfg.restore, Some("/snap".into()));
+        assert!(!cfg.jail.enabled && cfg.kernel.is_none());
+    }
+
+    #[test]
+    fn config_file_excludes_the_flags_and_names_json_paths() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vm.json");
+        let mut cfg = VmConfig::new("/k");
+        cfg.vcpus = 2;
+        cfg.jail.uid = 200000;
+        std::fs::write(&file, cfg.to_json().expect("config as JSON")).unwrap();
+        let f = file.to_str().unwrap();
+        let cli = Cli::try_parse_from(["bulkhead-vmm", "--config", f]).expect("--config alone");
+        assert_eq!(cli.load().expect("loads"), cfg);
+        for flag in [
+            &["--kernel", "/k"][..],
+            &["--mem", "64M"],
+            &["--no-jail"],
+            &["--restore", "/s"],
+            &["--jail-uid", "5"],
+        ] {
+            let mut argv = vec!["bulkhead-vmm", "--config", f];
+            argv.extend_from_slice(flag);
+            let e = Cli::try_parse_from(&argv).expect_err("--config with a flag");
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag:?}: {e}"
+            );
+        }
+        std::fs::write(&file, r#"{"kernel": "/k", "disks": [{"path": 5}]}"#).unwrap();
+        let e = cli.load().unwrap_err();
+        assert!(e.to_string().contains("disks[0].path"), "{e}");
+        std::fs::write(&file, r#"{"kernel": "/k", "vcpu": 2}"#).unwrap();
+        let e = cli.load().unwrap_err().to_string();
+        assert!(e.contains("unknown field `vcpu`"), "{e}");
+        let missing = Cli::try_parse_from(["bulkhead-vmm", "--config", "/nonexistent.json"])
+            .unwrap()
+            .load()
+            .unwrap_err();
+        assert!(matches!(missing, CliError::Read { .. }), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn validation_errors_speak_the_language_of_the_input() {
+        let flags = Cli::try_parse_from(["bulkhead-vmm", "--kernel", "/k", "--mem", "1M"]).unwrap();
+        let e = flags.flags_config().validate().unwrap_err();
+        assert_eq!(e.field, "memory_bytes");
+        let text = flags.explain(&e);
+        assert!(
+            text.starts_with("invalid --mem: 1 MiB is too small"),
+            "{text}"
+        );
+        let flags =
+            Cli::try_parse_from(["bulkhead-vmm", "--kernel", "/k", "--net", "tap=a"]).unwrap();
+        let mut cfg = flags.flags_config();
+        cfg.nets[0].tap = "a/b".into();
+        let e = cfg.validate().unwrap_err();
+        assert!(flags.explain(&e).starts_with("invalid --net: "), "{e}");
+        cfg.nets.clear();
+        cfg.jail.id = Some("no spaces".into());
+        let e = cfg.validate().unwrap_err();
+        assert!(flags.explain(&e).starts_with("invalid --id: "), "{e}");
+        // From a file, the JSON field is the name.
+        let file = Cli::try_parse_from(["bulkhead-vmm", "--config", "/vm.json"]).unwrap();
+        assert!(file.explain(&e).starts_with("invalid jail.id: "), "{e}");
     }
 }

@@ -30,7 +30,7 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xD000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_FIRST_GSI: u32 = 5;
 /// The in-kernel IOAPIC has 24 pins; slots use GSIs 5..=23.
-pub const VIRTIO_MAX_SLOTS: usize = 19;
+pub const VIRTIO_MAX_SLOTS: usize = vmm_proto::config::MAX_VIRTIO_DEVICES;
 pub const IOAPIC_ADDR: u64 = 0xFEC0_0000;
 pub const LAPIC_ADDR: u64 = 0xFEE0_0000;
 /// KVM's TSS and identity-map pages, just below the IOAPIC (needed by VT-x
@@ -51,7 +51,7 @@ pub const ACPI_RESET_VALUE: u8 = 0x06;
 pub const S5_SLP_TYP: u8 = 5;
 
 /// Minimum guest memory we accept.
-pub const MIN_MEM: u64 = 16 << 20;
+pub const MIN_MEM: u64 = vmm_proto::config::MIN_MEMORY;
 
 /// Guest address of virtio-mmio slot `i`.
 pub fn virtio_slot_base(i: usize) -> u64 {

@@ -283,8 +283,8 @@ impl Vcpu {
         self.control.count_fallback(slot);
         if !self.seen_fallbacks[slot] {
             self.seen_fallbacks[slot] = true;
-            eprintln!(
-                "bulkhead-vmm: vcpu {idx}: kvm_pvm could not emulate {f:?} at RIP {:#x}; handled by the monitor (reported once)",
+            tracing::warn!(
+                "vcpu {idx}: kvm_pvm could not emulate {f:?} at RIP {:#x}; handled by the monitor (reported once)",
                 regs.rip
             );
         }

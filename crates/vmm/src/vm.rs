@@ -1,14 +1,16 @@
-//! Building and running one VM from the command line: checks the
-//! configuration against the host, creates the KVM VM (in-kernel irqchip),
-//! guest memory, devices and vCPUs, loads the kernel, enters the jail,
-//! starts the threads (vCPUs, control socket) and runs the event loop
-//! (serial input, stop) on the main thread until the VM stops.
+//! Building and running one VM from a [`VmConfig`], in named steps modelled
+//! on Firecracker's `builder.rs`: [`Vm::boot`] (a kernel) and [`Vm::restore`]
+//! (a snapshot) check the configuration against the host, create the KVM VM
+//! (in-kernel irqchip), guest memory, virtio devices, the console, the port
+//! I/O devices and the vCPUs, and bind the control socket; [`Vm::run`] then
+//! enters the jail, starts the threads (vCPUs, control socket) and runs the
+//! event loop (serial input, stop) on the calling thread until the VM stops.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
@@ -22,18 +24,18 @@ use vm_memory::{
     Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap,
 };
+use vmm_proto::{DeviceInfo, DeviceKind, SerialSpec, VmConfig};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::api::{self, ApiContext, DeviceInfo};
+use crate::api::{self, ApiContext};
 use crate::bus::{Bus, SharedDevice};
-use crate::config::{Cli, SerialSpec};
 use crate::control::{self, ExitReason, VmControl};
 use crate::devices::legacy::{AcpiReset, AcpiSleep, SerialDevice, SerialOut, I8042};
 use crate::devices::virtio::{self, MmioTransport};
 use crate::jail;
 use crate::layout;
-use crate::snapshot;
+use crate::snapshot::{self, VmSnapshot};
 use crate::vcpu::Vcpu;
 use crate::x86::{acpi, boot, cpu};
 use vm_superio::serial::SerialState;
@@ -51,38 +53,42 @@ pub enum SlotKind {
 }
 
 impl SlotKind {
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> DeviceKind {
         match self {
-            SlotKind::Block { .. } => "block",
-            SlotKind::Net { .. } => "net",
-            SlotKind::Vsock { .. } => "vsock",
-            SlotKind::Rng => "rng",
+            SlotKind::Block { .. } => DeviceKind::Block,
+            SlotKind::Net { .. } => DeviceKind::Net,
+            SlotKind::Vsock { .. } => DeviceKind::Vsock,
+            SlotKind::Rng => DeviceKind::Rng,
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
     }
 }
 
 /// Slot order: disks, nets, vsock, rng.
-pub fn slot_plan(cli: &Cli) -> Vec<SlotKind> {
+pub fn slot_plan(cfg: &VmConfig) -> Vec<SlotKind> {
     let mut v = Vec::new();
-    for d in &cli.disk {
+    for d in &cfg.disks {
         v.push(SlotKind::Block {
             path: d.path.clone(),
             read_only: d.read_only,
         });
     }
-    for n in &cli.net {
+    for n in &cfg.nets {
         v.push(SlotKind::Net {
             tap: n.tap.clone(),
             mac: n.mac,
         });
     }
-    if let Some(vs) = &cli.vsock {
+    if let Some(vs) = &cfg.vsock {
         v.push(SlotKind::Vsock {
             cid: vs.cid,
             uds: vs.uds.clone(),
         });
     }
-    if cli.rng {
+    if cfg.rng {
         v.push(SlotKind::Rng);
     }
     v
@@ -111,57 +117,41 @@ fn host_mem_total() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Checks that need the host but no KVM: sizes, files.
-pub fn validate(cli: &Cli) -> Result<()> {
-    if cli.mem < layout::MIN_MEM {
-        bail!(
-            "--mem {} MiB is too small: the minimum is {} MiB",
-            cli.mem >> 20,
-            layout::MIN_MEM >> 20
-        );
+/// Step 0: [`VmConfig::validate`], then the checks that need the host but no
+/// KVM: host memory, files. `restore` is the snapshot the VM starts from.
+pub fn validate(cfg: &VmConfig, restore: Option<&Path>) -> Result<()> {
+    if restore.is_some() && cfg.restore.as_deref() != restore {
+        let mut c = cfg.clone();
+        c.restore = restore.map(Path::to_path_buf);
+        c.validate()?;
+    } else {
+        cfg.validate()?;
     }
-    if cli.mem & 0xfff != 0 {
-        bail!("--mem must be a multiple of 4 KiB");
-    }
-    if let Some(total) = host_mem_total() {
-        if cli.mem > total {
-            bail!(
-                "--mem {} MiB exceeds the host's memory ({} MiB)",
-                cli.mem >> 20,
-                total >> 20
-            );
+    if restore.is_none() {
+        if let Some(total) = host_mem_total() {
+            if cfg.memory_bytes > total {
+                bail!(
+                    "memory_bytes ({} MiB) exceeds the host's memory ({} MiB)",
+                    cfg.memory_bytes >> 20,
+                    total >> 20
+                );
+            }
+        }
+        if let Some(k) = &cfg.kernel {
+            if !k.is_file() {
+                bail!("kernel {} does not exist or is not a file", k.display());
+            }
+        }
+        if let Some(i) = &cfg.initrd {
+            if !i.is_file() {
+                bail!("initrd {} does not exist or is not a file", i.display());
+            }
         }
     }
-    if cli.vcpus == 0 {
-        bail!("--vcpus must be at least 1");
-    }
-    if cli.vcpus > 255 {
-        bail!(
-            "--vcpus {} exceeds the 255 APIC IDs of this machine model",
-            cli.vcpus
-        );
-    }
-    if let Some(k) = &cli.kernel {
-        if !k.is_file() {
-            bail!("kernel {} does not exist or is not a file", k.display());
-        }
-    }
-    if let Some(i) = &cli.initrd {
-        if !i.is_file() {
-            bail!("initrd {} does not exist or is not a file", i.display());
-        }
-    }
-    for d in &cli.disk {
+    for d in &cfg.disks {
         if !d.path.exists() {
             bail!("disk {} does not exist", d.path.display());
         }
-    }
-    let slots = slot_plan(cli).len();
-    if slots > layout::VIRTIO_MAX_SLOTS {
-        bail!(
-            "{slots} virtio devices requested; at most {} fit",
-            layout::VIRTIO_MAX_SLOTS
-        );
     }
     Ok(())
 }
@@ -376,76 +366,73 @@ enum SerialInput {
     },
 }
 
-/// Runs the VM described by `cli`; returns the process exit code.
-pub fn run(cli: Cli) -> Result<i32> {
-    Ok(run_vm(cli)?.exit_code())
-}
-
-/// Runs the VM described by `cli` until it stops; returns why it stopped
-/// (already reported on stderr).
-pub fn run_vm(cli: Cli) -> Result<ExitReason> {
-    validate(&cli)?;
-    let snap = match &cli.restore {
-        Some(dir) => Some(snapshot::read_state(dir)?),
-        None => None,
-    };
-    let mem_size = snap.as_ref().map_or(cli.mem, |s| s.mem_size);
-    if snap.is_some()
-        && (mem_size < layout::MIN_MEM
-            || mem_size & 0xfff != 0
-            || host_mem_total().is_some_and(|t| mem_size > t))
+/// The guest's shape from a snapshot: memory size and vCPU count, checked.
+fn snapshot_shape(s: &VmSnapshot) -> Result<(u64, u32)> {
+    let mem_size = s.mem_size;
+    if mem_size < layout::MIN_MEM
+        || mem_size & 0xfff != 0
+        || host_mem_total().is_some_and(|t| mem_size > t)
     {
         bail!("snapshot memory size {mem_size} bytes is invalid or exceeds the host's memory");
     }
-    // Opened before KVM is touched, so a missing or short file fails early.
-    let snap_memory = match &cli.restore {
-        Some(dir) => Some(snapshot::open_memory(dir, mem_size)?),
-        None => None,
-    };
-    let vcpu_count = match &snap {
-        Some(s) => u32::try_from(s.vcpus.len())
-            .ok()
-            .filter(|n| (1..=255).contains(n))
-            .ok_or_else(|| anyhow!("snapshot has {} vCPUs", s.vcpus.len()))?,
-        None => cli.vcpus,
-    };
+    let vcpus = u32::try_from(s.vcpus.len())
+        .ok()
+        .filter(|n| (1..=vmm_proto::config::MAX_VCPUS).contains(n))
+        .ok_or_else(|| anyhow!("snapshot has {} vCPUs", s.vcpus.len()))?;
+    Ok((mem_size, vcpus))
+}
 
-    let kvm = Kvm::new().context("cannot open /dev/kvm")?;
-    let max_vcpus = kvm.get_max_vcpus();
-    if vcpu_count as usize > max_vcpus {
-        bail!("--vcpus {vcpu_count} exceeds KVM's maximum of {max_vcpus}");
-    }
-    let pvm = cpu::host_is_pvm();
-    let vm = kvm.create_vm().context("KVM_CREATE_VM failed")?;
-    // First, so that the memslot registration's wait overlaps everything else.
-    let (mem, mut memslots) = create_guest_memory(&kvm, &vm, mem_size, snap_memory.as_ref())?;
+/// Step: the VM's architectural setup (KVM's TSS and identity map, the
+/// in-kernel irqchip).
+fn setup_vm_arch(vm: &VmFd) -> Result<()> {
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
         .context("KVM_SET_IDENTITY_MAP_ADDR")?;
     vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
         .context("KVM_SET_TSS_ADDR")?;
     vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
-    let control = Arc::new(VmControl::new(vcpu_count as usize).context("cannot create eventfd")?);
+    Ok(())
+}
 
-    // virtio-mmio devices.
-    let mut mmio = Bus::new();
-    let mut transports: Vec<Arc<Mutex<MmioTransport>>> = Vec::new();
-    let mut infos = Vec::new();
-    let mut dev_infos = Vec::new();
-    for (i, kind) in slot_plan(&cli).iter().enumerate() {
+/// The virtio-mmio devices, in slot order.
+struct VirtioDevices {
+    bus: Bus,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// For the DSDT.
+    acpi: Vec<acpi::MmioDeviceInfo>,
+    /// For `describe`.
+    info: Vec<DeviceInfo>,
+}
+
+/// Step: the virtio devices with their ioeventfds and irqfds; on restore
+/// each device's state comes from the snapshot, which must list the same
+/// devices in the same order.
+fn create_virtio_devices(
+    cfg: &VmConfig,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    snap: Option<&VmSnapshot>,
+) -> Result<VirtioDevices> {
+    let mut d = VirtioDevices {
+        bus: Bus::new(),
+        transports: Vec::new(),
+        acpi: Vec::new(),
+        info: Vec::new(),
+    };
+    for (i, kind) in slot_plan(cfg).iter().enumerate() {
         let base = layout::virtio_slot_base(i);
         let gsi = layout::virtio_slot_gsi(i);
         let dev = create_device(kind)?;
         let mut t = MmioTransport::new(dev, mem.clone()).map_err(|e| anyhow!("{e}"))?;
-        if let Some(s) = &snap {
+        if let Some(s) = snap {
             let ds = s.devices.get(i).ok_or_else(|| {
                 anyhow!(
-                    "the command line has more virtio devices than the snapshot ({})",
+                    "the configuration has more virtio devices than the snapshot ({})",
                     s.devices.len()
                 )
             })?;
             if ds.kind != kind.name() {
                 bail!(
-                    "virtio slot {i} is {} in the snapshot but {} on the command line",
+                    "virtio slot {i} is {} in the snapshot but {} in the configuration",
                     ds.kind,
                     kind.name()
                 );
@@ -460,64 +447,79 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
         vm.register_irqfd(t.interrupt_event(), gsi)
             .with_context(|| format!("KVM_IRQFD for virtio slot {i} (GSI {gsi})"))?;
         let t = Arc::new(Mutex::new(t));
-        mmio.insert(base, layout::VIRTIO_MMIO_SIZE, t.clone() as SharedDevice)?;
-        transports.push(t);
-        infos.push(acpi::MmioDeviceInfo { base, gsi });
-        dev_infos.push(DeviceInfo {
+        d.bus
+            .insert(base, layout::VIRTIO_MMIO_SIZE, t.clone() as SharedDevice)?;
+        d.transports.push(t);
+        d.acpi.push(acpi::MmioDeviceInfo { base, gsi });
+        d.info.push(DeviceInfo {
             slot: i,
-            kind: kind.name(),
+            kind: kind.kind(),
             base,
             gsi,
         });
     }
-
-    if let Some(s) = &snap {
-        if s.devices.len() != infos.len() {
+    if let Some(s) = snap {
+        if s.devices.len() != d.acpi.len() {
             bail!(
-                "the snapshot has {} virtio devices, the command line {}",
+                "the snapshot has {} virtio devices, the configuration {}",
                 s.devices.len(),
-                infos.len()
+                d.acpi.len()
             );
         }
     }
+    Ok(d)
+}
 
-    // ACPI and boot (or the snapshot's memory).
-    let entry = match (&snap, &cli.restore) {
-        (Some(_), Some(_)) => {
-            // Guest memory already maps the snapshot's `memory`.
-            if let Some(p) = &cli.dump_dsdt {
-                std::fs::write(p, acpi::build_dsdt(&infos))
-                    .with_context(|| format!("cannot write DSDT to {}", p.display()))?;
-            }
-            None
-        }
-        _ => {
-            let kernel = cli
-                .kernel
-                .clone()
-                .ok_or_else(|| anyhow!("--kernel is required"))?;
-            let (dsdt, rsdp) = acpi::write_tables(&mem, vcpu_count, &infos)?;
-            if let Some(p) = &cli.dump_dsdt {
-                std::fs::write(p, &dsdt)
-                    .with_context(|| format!("cannot write DSDT to {}", p.display()))?;
-            }
-            let boot_info = boot::load(
-                &mem,
-                mem_size,
-                &kernel,
-                cli.initrd.as_deref(),
-                &cli.cmdline,
-                rsdp,
-            )?;
-            Some(boot_info.entry)
-        }
-    };
+fn dump_dsdt(cfg: &VmConfig, dsdt: &[u8]) -> Result<()> {
+    if let Some(p) = &cfg.dump_dsdt {
+        std::fs::write(p, dsdt).with_context(|| format!("cannot write DSDT to {}", p.display()))?;
+    }
+    Ok(())
+}
 
-    // Serial.
+/// Step (boot only): ACPI tables and the kernel (and initrd) in guest
+/// memory; returns the entry point.
+fn load_kernel(
+    cfg: &VmConfig,
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    vcpus: u32,
+    devices: &[acpi::MmioDeviceInfo],
+) -> Result<cpu::EntryMode> {
+    let kernel = cfg
+        .kernel
+        .as_deref()
+        .ok_or_else(|| anyhow!("a kernel is required to boot"))?;
+    let (dsdt, rsdp) = acpi::write_tables(mem, vcpus, devices)?;
+    dump_dsdt(cfg, &dsdt)?;
+    let info = boot::load(
+        mem,
+        mem_size,
+        kernel,
+        cfg.initrd.as_deref(),
+        &cfg.cmdline,
+        rsdp,
+    )?;
+    Ok(info.entry)
+}
+
+/// COM1 and its host side.
+struct Console {
+    device: Arc<Mutex<SerialDevice>>,
+    input: SerialInput,
+    /// `describe`'s spelling: the `--serial` form, with the PTY's path.
+    desc: String,
+    /// The host path of the PTY, file or socket.
+    path: Option<PathBuf>,
+}
+
+/// Step: the serial console (COM1) on its backend, restored from the
+/// snapshot's registers when there is one.
+fn create_console(cfg: &VmConfig, vm: &VmFd, snap: Option<&VmSnapshot>) -> Result<Console> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("cannot create eventfd")?;
     vm.register_irqfd(&serial_irq, layout::COM1_IRQ)
         .context("KVM_IRQFD for COM1")?;
-    let (out, input) = match &cli.serial {
+    let (out, input) = match &cfg.serial {
         SerialSpec::Stdout => (
             SerialOut::Stdout(std::io::stdout()),
             // SAFETY: isatty only inspects fd 0.
@@ -550,7 +552,8 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
         }
         SerialSpec::Pty => {
             let (master, slave, path) = open_pty()?;
-            eprintln!("bulkhead-vmm: serial console on {}", path.display());
+            // Operators and tests read this line on stderr.
+            tracing::info!("serial console on {}", path.display());
             let master = Arc::new(master);
             (
                 SerialOut::Pty(master.clone()),
@@ -563,20 +566,30 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
         }
         SerialSpec::None => (SerialOut::Sink, SerialInput::None),
     };
-    // What `describe` reports as the console: the --serial spelling, with the
-    // terminal's path for a PTY.
-    let serial_desc = match &input {
-        SerialInput::Pty { path, .. } => format!("pty:{}", path.display()),
-        _ => cli.serial.to_string(),
+    let (desc, path) = match (&input, &cfg.serial) {
+        (SerialInput::Pty { path, .. }, _) => {
+            (format!("pty:{}", path.display()), Some(path.clone()))
+        }
+        (_, SerialSpec::File(p) | SerialSpec::Socket(p)) => {
+            (cfg.serial.to_string(), Some(p.clone()))
+        }
+        _ => (cfg.serial.to_string(), None),
     };
-    let serial = match &snap {
+    let device = match snap {
         Some(s) => SerialDevice::from_state(serial_irq, out, &SerialState::from(&s.serial))
             .map_err(anyhow::Error::msg)?,
         None => SerialDevice::new(serial_irq, out).context("cannot create eventfd")?,
     };
-    let serial = Arc::new(Mutex::new(serial));
+    Ok(Console {
+        device: Arc::new(Mutex::new(device)),
+        input,
+        desc,
+        path,
+    })
+}
 
-    // Port I/O.
+/// Step: the port I/O bus: COM1, the i8042 reset, ACPI sleep and reset registers.
+fn create_pio_bus(serial: &Arc<Mutex<SerialDevice>>, control: &Arc<VmControl>) -> Result<Bus> {
     let mut pio = Bus::new();
     pio.insert(u64::from(layout::COM1_BASE), 8, serial.clone())?;
     pio.insert(
@@ -594,133 +607,367 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
         1,
         Arc::new(Mutex::new(AcpiReset::new(control.clone()))),
     )?;
-    let pio = Arc::new(pio);
-    let mmio = Arc::new(mmio);
+    Ok(pio)
+}
 
-    // Power button (GED) interrupt for graceful shutdown.
-    let ged_evt = EventFd::new(libc::EFD_NONBLOCK).context("cannot create eventfd")?;
-    vm.register_irqfd(&ged_evt, acpi::GED_GSI)
+/// Step: the ACPI power button's interrupt (GED, GSI 3) for `shutdown`.
+fn create_power_button(vm: &VmFd) -> Result<EventFd> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK).context("cannot create eventfd")?;
+    vm.register_irqfd(&evt, acpi::GED_GSI)
         .context("KVM_IRQFD for the power button")?;
+    Ok(evt)
+}
 
-    // Restoring saved vCPU state may make KVM read guest memory (PAE page
-    // directory pointers), so the slots must be in place first.
-    if snap.is_some() {
-        memslots.finish()?;
-    }
+/// What every vCPU shares.
+struct VcpuShared {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    mem: GuestMemoryMmap,
+    control: Arc<VmControl>,
+    pvm: bool,
+}
 
-    // vCPUs.
+/// Step: the vCPUs, configured for the entry point (vCPU 0) or restored
+/// from the snapshot.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    shared: &VcpuShared,
+    count: u32,
+    entry: Option<cpu::EntryMode>,
+    snap: Option<&VmSnapshot>,
+) -> Result<Vec<Vcpu>> {
     let base_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .context("KVM_GET_SUPPORTED_CPUID")?;
     let mut vcpus = Vec::new();
-    for i in 0..vcpu_count {
+    for i in 0..count {
         let fd = vm
             .create_vcpu(u64::from(i))
             .with_context(|| format!("KVM_CREATE_VCPU {i}"))?;
         let v = Vcpu::new(
             i,
             fd,
-            pio.clone(),
-            mmio.clone(),
-            mem.clone(),
-            control.clone(),
-            pvm,
+            shared.pio.clone(),
+            shared.mmio.clone(),
+            shared.mem.clone(),
+            shared.control.clone(),
+            shared.pvm,
         );
-        v.configure(&base_cpuid, vcpu_count, if i == 0 { entry } else { None })
+        v.configure(&base_cpuid, count, if i == 0 { entry } else { None })
             .with_context(|| format!("configuring vcpu {i}"))?;
-        if let Some(s) = &snap {
+        if let Some(s) = snap {
             snapshot::restore_vcpu(&v.fd, &s.vcpus[i as usize])
                 .with_context(|| format!("restoring vcpu {i}"))?;
         }
         vcpus.push(v);
     }
-    if let Some(s) = &snap {
-        snapshot::restore_vm(&vm, &s.irqchip, &s.clock)
+    if let Some(s) = snap {
+        snapshot::restore_vm(vm, &s.irqchip, &s.clock)
             .context("restoring the irqchip and clock")?;
     }
-    let vm = Arc::new(vm);
+    Ok(vcpus)
+}
 
-    let snapshot_dir = match &cli.snapshot_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)
-                .with_context(|| format!("cannot create --snapshot-dir {}", d.display()))?;
-            Some(
-                d.canonicalize()
-                    .with_context(|| format!("--snapshot-dir {}", d.display()))?,
-            )
-        }
-        None => None,
+/// Step: the snapshot directory, created, canonical, and owned by the
+/// jail's uid/gid so that the confined monitor can write below it.
+fn prepare_snapshot_dir(cfg: &VmConfig) -> Result<Option<PathBuf>> {
+    let Some(d) = &cfg.snapshot_dir else {
+        return Ok(None);
     };
-
-    // Control socket.
-    let api_listener = match &cli.api_sock {
-        Some(p) => {
-            let _ = std::fs::remove_file(p);
-            Some(
-                UnixListener::bind(p)
-                    .with_context(|| format!("cannot listen on control socket {}", p.display()))?,
+    std::fs::create_dir_all(d)
+        .with_context(|| format!("cannot create snapshot_dir {}", d.display()))?;
+    let d = d
+        .canonicalize()
+        .with_context(|| format!("snapshot_dir {}", d.display()))?;
+    let j = &cfg.jail;
+    if j.enabled && (j.uid != 0 || j.gid != 0) {
+        std::os::unix::fs::chown(&d, Some(j.uid), Some(j.gid)).with_context(|| {
+            format!(
+                "cannot give snapshot_dir {} to uid {} gid {}",
+                d.display(),
+                j.uid,
+                j.gid
             )
-        }
-        None => None,
+        })?;
+    }
+    Ok(Some(d))
+}
+
+/// Step: the control socket, listening before the jail (so the confined
+/// monitor needs no right on its directory). The socket file is left to
+/// the monitor's (then) owner, root, with mode 0600: the supervisor
+/// connects, other users cannot.
+fn bind_api_socket(cfg: &VmConfig) -> Result<Option<UnixListener>> {
+    let Some(p) = &cfg.api_socket else {
+        return Ok(None);
     };
-    control::install_kick_handler().context("cannot install the vCPU kick signal handler")?;
-    control::install_term_handlers(&control).context("cannot install signal handlers")?;
+    let _ = std::fs::remove_file(p);
+    let l = UnixListener::bind(p)
+        .with_context(|| format!("cannot listen on control socket {}", p.display()))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of control socket {}", p.display()))?;
+    Ok(Some(l))
+}
 
-    // Snapshots (control socket only) skip untouched guest memory through the
-    // page map; it must be opened before the jail, which has no /proc. Without
-    // it a snapshot reads all of guest memory (correct, only slower).
-    let pagemap = cli
-        .api_sock
-        .as_ref()
-        .and_then(|_| snapshot::PageMap::open().ok());
+/// The jail for `cfg`: which host paths stay reachable, and as whom the
+/// monitor runs.
+fn jail_config(cfg: &VmConfig, snapshot_dir: Option<&Path>) -> jail::JailConfig {
+    let mut keep = Vec::new();
+    if let Some(d) = snapshot_dir {
+        keep.push(d.to_path_buf());
+    }
+    if let Some(vs) = &cfg.vsock {
+        // Host-initiated connections use <uds>_<port> listeners next to it.
+        if let Some(dir) = absolute(&vs.uds).parent() {
+            keep.push(dir.to_path_buf());
+        }
+    }
+    jail::JailConfig {
+        chroot_base: cfg.jail.dir.clone(),
+        id: cfg
+            .jail
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("vmm-{}", std::process::id())),
+        uid: cfg.jail.uid,
+        gid: cfg.jail.gid,
+        keep_paths: keep,
+    }
+}
 
-    // Everything is open: confine the process while it is single-threaded.
-    memslots.finish()?;
-    if !cli.no_jail {
-        let mut keep = Vec::new();
-        if let Some(d) = &snapshot_dir {
-            keep.push(d.clone());
+/// A VM that is fully built (memory, devices, vCPUs, sockets) and not yet
+/// running: [`Vm::run`] confines the process and runs it.
+pub struct Vm {
+    cfg: VmConfig,
+    // Declared before `mem`: on an early drop the registration thread is
+    // joined while the memory is still mapped.
+    memslots: MemslotRegistration,
+    _kvm: Kvm,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    mem_size: u64,
+    pvm: bool,
+    control: Arc<VmControl>,
+    vcpus: Vec<Vcpu>,
+    vcpu_count: u32,
+    devices: Vec<DeviceInfo>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    console: Console,
+    power_button: EventFd,
+    snapshot_dir: Option<PathBuf>,
+    api_listener: Option<UnixListener>,
+}
+
+impl Vm {
+    /// [`Vm::restore`] from `cfg.restore` when it is set, else [`Vm::boot`].
+    pub fn new(cfg: &VmConfig) -> Result<Vm> {
+        match &cfg.restore {
+            Some(dir) => Vm::restore(cfg, dir),
+            None => Vm::boot(cfg),
         }
-        if let Some(vs) = &cli.vsock {
-            // Host-initiated connections use <uds>_<port> listeners next to it.
-            if let Some(dir) = absolute(&vs.uds).parent() {
-                keep.push(dir.to_path_buf());
-            }
-        }
-        let cfg = jail::JailConfig {
-            chroot_base: cli.jail_dir.clone(),
-            id: cli
-                .id
-                .clone()
-                .unwrap_or_else(|| format!("vmm-{}", std::process::id())),
-            uid: cli.jail_uid,
-            gid: cli.jail_gid,
-            keep_paths: keep,
-        };
-        jail::enter(&cfg)?;
     }
 
-    let api_ctx = Arc::new(ApiContext {
-        control: control.clone(),
-        vcpus: vcpu_count,
-        mem_size,
-        devices: dev_infos,
-        transports: transports.clone(),
-        power_button: ged_evt,
-        jailed: !cli.no_jail,
-        pvm,
-        vm: vm.clone(),
-        mem: mem.clone(),
-        serial: serial.clone(),
-        serial_desc,
-        pagemap,
-        snapshot_dir: snapshot_dir.clone(),
-    });
+    /// Builds a VM that boots `cfg.kernel` (`cfg.restore` is not looked at).
+    pub fn boot(cfg: &VmConfig) -> Result<Vm> {
+        let mut c = cfg.clone();
+        c.restore = None;
+        Vm::build(c, None)
+    }
 
-    // Threads.
+    /// Builds a VM from the snapshot in `snapshot_dir`: memory size, vCPUs,
+    /// device and CPU state come from it; `cfg` gives the host side (devices
+    /// in the snapshot's order, console, sockets, jail).
+    pub fn restore(cfg: &VmConfig, snapshot_dir: &Path) -> Result<Vm> {
+        let mut c = cfg.clone();
+        c.restore = Some(snapshot_dir.to_path_buf());
+        Vm::build(c, Some(snapshot_dir))
+    }
+
+    fn build(cfg: VmConfig, restore: Option<&Path>) -> Result<Vm> {
+        validate(&cfg, restore)?;
+        let snap = restore.map(snapshot::read_state).transpose()?;
+        let (mem_size, vcpu_count) = match &snap {
+            Some(s) => snapshot_shape(s)?,
+            None => (cfg.memory_bytes, cfg.vcpus),
+        };
+        // Opened before KVM is touched, so a missing or short file fails early.
+        let snap_memory = restore
+            .map(|d| snapshot::open_memory(d, mem_size))
+            .transpose()?;
+
+        let kvm = Kvm::new().context("cannot open /dev/kvm")?;
+        let max_vcpus = kvm.get_max_vcpus();
+        if vcpu_count as usize > max_vcpus {
+            bail!("vcpus {vcpu_count} exceeds KVM's maximum of {max_vcpus}");
+        }
+        let pvm = cpu::host_is_pvm();
+        let vm = kvm.create_vm().context("KVM_CREATE_VM failed")?;
+        // First, so that the memslot registration's wait overlaps everything else.
+        let (mem, mut memslots) = create_guest_memory(&kvm, &vm, mem_size, snap_memory.as_ref())?;
+        setup_vm_arch(&vm)?;
+        let control =
+            Arc::new(VmControl::new(vcpu_count as usize).context("cannot create eventfd")?);
+
+        let virtio = create_virtio_devices(&cfg, &vm, &mem, snap.as_ref())?;
+        let entry = match &snap {
+            // Guest memory already maps the snapshot's `memory`.
+            Some(_) => {
+                dump_dsdt(&cfg, &acpi::build_dsdt(&virtio.acpi))?;
+                None
+            }
+            None => Some(load_kernel(&cfg, &mem, mem_size, vcpu_count, &virtio.acpi)?),
+        };
+        let console = create_console(&cfg, &vm, snap.as_ref())?;
+        let pio = create_pio_bus(&console.device, &control)?;
+        let power_button = create_power_button(&vm)?;
+
+        // Restoring saved vCPU state may make KVM read guest memory (PAE page
+        // directory pointers), so the slots must be in place first.
+        if snap.is_some() {
+            memslots.finish()?;
+        }
+        let shared = VcpuShared {
+            pio: Arc::new(pio),
+            mmio: Arc::new(virtio.bus),
+            mem: mem.clone(),
+            control: control.clone(),
+            pvm,
+        };
+        let vcpus = create_vcpus(&kvm, &vm, &shared, vcpu_count, entry, snap.as_ref())?;
+        let snapshot_dir = prepare_snapshot_dir(&cfg)?;
+        let api_listener = bind_api_socket(&cfg)?;
+        Ok(Vm {
+            cfg,
+            memslots,
+            _kvm: kvm,
+            vm: Arc::new(vm),
+            mem,
+            mem_size,
+            pvm,
+            control,
+            vcpus,
+            vcpu_count,
+            devices: virtio.info,
+            transports: virtio.transports,
+            console,
+            power_button,
+            snapshot_dir,
+            api_listener,
+        })
+    }
+
+    /// The configuration the VM was built from.
+    pub fn config(&self) -> &VmConfig {
+        &self.cfg
+    }
+
+    /// The virtio devices, in slot order.
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// The console's host path (PTY, file or socket), if it has one.
+    pub fn serial_path(&self) -> Option<&Path> {
+        self.console.path.as_deref()
+    }
+
+    /// The run state shared with the vCPUs and the control socket.
+    pub fn control(&self) -> &Arc<VmControl> {
+        &self.control
+    }
+
+    /// Confines the process (unless the configuration says not to), starts
+    /// the vCPU and control-socket threads and runs the event loop on the
+    /// calling thread until the VM stops; returns why (already logged).
+    /// Must be called from a single-threaded process when jailed.
+    pub fn run(mut self) -> Result<ExitReason> {
+        control::install_kick_handler().context("cannot install the vCPU kick signal handler")?;
+        control::install_term_handlers(&self.control).context("cannot install signal handlers")?;
+        // Snapshots (control socket only) skip untouched guest memory through
+        // the page map; it must be opened before the jail, which has no /proc.
+        // Without it a snapshot reads all of guest memory (correct, only slower).
+        let pagemap = self
+            .api_listener
+            .as_ref()
+            .and_then(|_| snapshot::PageMap::open().ok());
+
+        // Everything is open: confine the process while it is single-threaded.
+        self.memslots.finish()?;
+        let jailed = self.cfg.jail.enabled;
+        let mut id = self.cfg.jail.id.clone();
+        if jailed {
+            let jail = jail_config(&self.cfg, self.snapshot_dir.as_deref());
+            jail::enter(&jail)?;
+            id = Some(jail.id);
+        }
+
+        let api_ctx = Arc::new(ApiContext {
+            id,
+            control: self.control.clone(),
+            vcpus: self.vcpu_count,
+            mem_size: self.mem_size,
+            devices: self.devices.clone(),
+            transports: self.transports.clone(),
+            power_button: self.power_button,
+            jailed,
+            pid: std::process::id(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            pvm: self.pvm,
+            vm: self.vm.clone(),
+            mem: self.mem.clone(),
+            serial: self.console.device.clone(),
+            serial_desc: self.console.desc.clone(),
+            serial_path: self.console.path.clone(),
+            pagemap,
+            snapshot_dir: self.snapshot_dir.clone(),
+        });
+
+        let control = self.control.clone();
+        let handles = spawn_vcpus(std::mem::take(&mut self.vcpus), &control, jailed)?;
+        if let Some(l) = self.api_listener.take() {
+            spawn_api(l, api_ctx, jailed)?;
+        }
+        if jailed {
+            if let Err(e) = jail::apply_thread_filter(jail::ThreadKind::Vmm) {
+                control.request_exit(ExitReason::Error(e.to_string()));
+            }
+        }
+
+        let _raw = match self.console.input {
+            SerialInput::Stdin => RawTerminal::enter(),
+            _ => None,
+        };
+        event_loop(&control, &self.console.device, self.console.input)?;
+        for h in handles {
+            let _ = h.join();
+        }
+        control.wait_api_idle(std::time::Duration::from_secs(2));
+        let reason = control
+            .exit_reason()
+            .unwrap_or_else(|| ExitReason::Error("VM stopped without a reason".into()));
+        match &reason {
+            ExitReason::PowerOff => {}
+            ExitReason::Stopped => tracing::info!("VM stopped on request"),
+            ExitReason::Signal(sig) => tracing::info!("stopped by signal {sig}"),
+            ExitReason::Reset(why) => {
+                tracing::warn!("guest requested reset ({why}); stopping")
+            }
+            ExitReason::Error(why) => tracing::error!("{why}"),
+        }
+        Ok(reason)
+    }
+}
+
+/// Step: one thread per vCPU, each under its seccomp filter when jailed.
+fn spawn_vcpus(
+    vcpus: Vec<Vcpu>,
+    control: &Arc<VmControl>,
+    jailed: bool,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
     for mut v in vcpus {
-        let jailed = !cli.no_jail;
         let c = control.clone();
         let h = std::thread::Builder::new()
             .name(format!("vcpu{}", v.index))
@@ -738,52 +985,31 @@ pub fn run_vm(cli: Cli) -> Result<ExitReason> {
         control.add_thread(h.as_pthread_t());
         handles.push(h);
     }
-    if let Some(l) = api_listener {
-        let ctx = api_ctx.clone();
-        let jailed = !cli.no_jail;
-        std::thread::Builder::new()
-            .name("api".into())
-            .stack_size(THREAD_STACK)
-            .spawn(move || {
-                if jailed {
-                    if let Err(e) = jail::apply_thread_filter(jail::ThreadKind::Api) {
-                        ctx.control
-                            .request_exit(ExitReason::Error(format!("control socket: {e}")));
-                        return;
-                    }
-                }
-                api::serve(l, &ctx);
-            })
-            .context("cannot spawn control socket thread")?;
-    }
-    if !cli.no_jail {
-        if let Err(e) = jail::apply_thread_filter(jail::ThreadKind::Vmm) {
-            control.request_exit(ExitReason::Error(e.to_string()));
-        }
-    }
+    Ok(handles)
+}
 
-    let _raw = match input {
-        SerialInput::Stdin => RawTerminal::enter(),
-        _ => None,
-    };
-    event_loop(&control, &serial, input)?;
-    for h in handles {
-        let _ = h.join();
-    }
-    control.wait_api_idle(std::time::Duration::from_secs(2));
-    let reason = control
-        .exit_reason()
-        .unwrap_or_else(|| ExitReason::Error("VM stopped without a reason".into()));
-    match &reason {
-        ExitReason::PowerOff => {}
-        ExitReason::Stopped => eprintln!("bulkhead-vmm: VM stopped on request"),
-        ExitReason::Signal(sig) => eprintln!("bulkhead-vmm: stopped by signal {sig}"),
-        ExitReason::Reset(why) => {
-            eprintln!("bulkhead-vmm: guest requested reset ({why}); stopping")
-        }
-        ExitReason::Error(why) => eprintln!("bulkhead-vmm: {why}"),
-    }
-    Ok(reason)
+/// Step: the control-socket thread.
+fn spawn_api(listener: UnixListener, ctx: Arc<ApiContext>, jailed: bool) -> Result<()> {
+    std::thread::Builder::new()
+        .name("api".into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || {
+            if jailed {
+                if let Err(e) = jail::apply_thread_filter(jail::ThreadKind::Api) {
+                    ctx.control
+                        .request_exit(ExitReason::Error(format!("control socket: {e}")));
+                    return;
+                }
+            }
+            api::serve(listener, &ctx);
+        })
+        .context("cannot spawn control socket thread")?;
+    Ok(())
+}
+
+/// Builds and runs the VM `cfg` describes ([`Vm::new`], then [`Vm::run`]).
+pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    Vm::new(cfg)?.run()
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -952,10 +1178,22 @@ fn event_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Cli;
     use crate::testkernel::{pvh_elf, Ending};
     use clap::Parser;
     use std::fs::File;
     use std::io::Write;
+    use vmm_proto::{Client, VmState};
+
+    /// Runs the VM the command line describes; its exit code.
+    fn run(cli: Cli) -> Result<i32> {
+        Ok(run_vm(cli)?.exit_code())
+    }
+
+    /// Runs the VM the command line describes; why it stopped.
+    fn run_vm(cli: Cli) -> Result<ExitReason> {
+        super::run(&cli.flags_config())
+    }
 
     fn kvm_available() -> bool {
         if Kvm::new().is_err() {
@@ -1051,6 +1289,46 @@ mod tests {
     }
 
     #[test]
+    fn builder_boots_from_a_vm_config() {
+        if !kvm_available() {
+            return;
+        }
+        let k = tmp("builder.elf");
+        std::fs::write(&k, pvh_elf(b"BULKHEAD-TEST built\n", Ending::PowerOff)).unwrap();
+        let out = tmp("builder.serial");
+        let _ = std::fs::remove_file(&out);
+        let mut cfg = VmConfig::new(&k);
+        cfg.memory_bytes = 32 << 20;
+        cfg.serial = SerialSpec::File(out.clone());
+        cfg.rng = true;
+        cfg.jail.enabled = false;
+        // `boot` ignores a restore source; `restore` needs a real snapshot.
+        cfg.restore = Some(tmp("no-such-snapshot"));
+        let e = Vm::restore(&cfg, &tmp("no-such-snapshot"))
+            .err()
+            .expect("no snapshot");
+        assert!(format!("{e:#}").contains("state.json"), "{e:#}");
+        let vm = Vm::boot(&cfg).expect("boot");
+        assert_eq!(vm.devices().len(), 1);
+        assert_eq!(vm.devices()[0].kind, DeviceKind::Rng);
+        assert_eq!(vm.serial_path(), Some(out.as_path()));
+        assert_eq!(vm.config().restore, None);
+        assert_eq!(vm.run().expect("runs"), ExitReason::PowerOff);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "BULKHEAD-TEST built\n"
+        );
+        // Invalid configurations never reach KVM: the field is named.
+        cfg.vcpus = 0;
+        cfg.restore = None;
+        let e = Vm::boot(&cfg).err().expect("0 vCPUs");
+        assert!(e.to_string().contains("invalid vcpus"), "{e}");
+        for p in [&k, &out] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[test]
     fn multi_vcpu_guest_powers_off() {
         if !kvm_available() {
             return;
@@ -1129,6 +1407,9 @@ mod tests {
         let _ = std::fs::remove_file(&k);
     }
 
+    /// Bound on each control request in these tests (a hang guard, not a speed check).
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
     fn request(stream: &mut UnixStream, line: &str) -> serde_json::Value {
         use std::io::BufRead;
         writeln!(stream, "{line}").unwrap();
@@ -1174,29 +1455,43 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
-        let d = request(&mut s, r#"{"op":"describe"}"#);
-        assert_eq!(d["ok"], true);
-        assert_eq!(d["state"], "running");
-        assert_eq!(d["vcpus"], 2);
-        assert_eq!(d["memory"], 32u64 << 20);
-        assert_eq!(d["devices"][0]["type"], "rng");
-        assert_eq!(d["devices"][0]["base"], 0xD000_0000u64);
-        assert_eq!(d["devices"][0]["gsi"], 5);
-        let p = request(&mut s, r#"{"op":"pause"}"#);
-        assert_eq!(p["state"], "paused", "{p}");
-        assert_eq!(request(&mut s, r#"{"op":"describe"}"#)["state"], "paused");
-        let r = request(&mut s, r#"{"op":"resume"}"#);
-        assert_eq!(r["state"], "running", "{r}");
+        // What is not a request gets a typed error, and the connection stays.
         let bad = request(&mut s, r#"{"op":"fly"}"#);
         assert_eq!(bad["ok"], false);
-        assert!(bad["error"].as_str().unwrap().contains("unknown op"));
+        assert_eq!(bad["kind"], "bad_request");
+        assert!(bad["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `fly`"));
         let bad = request(&mut s, "not json");
         assert_eq!(bad["ok"], false);
+        assert_eq!(request(&mut s, r#"{"op":"describe"}"#)["state"], "running");
+        drop(s);
+        // One client at a time: the typed client gets the socket next.
+        let mut c = Client::connect_retry(&sock, TIMEOUT).expect("connect");
+        let d = c.describe().expect("describe");
+        assert_eq!(d.state, VmState::Running);
+        assert_eq!((d.vcpus, d.memory), (2, 32 << 20));
+        assert_eq!(
+            d.devices,
+            vec![DeviceInfo {
+                slot: 0,
+                kind: DeviceKind::Rng,
+                base: 0xD000_0000,
+                gsi: 5
+            }]
+        );
+        assert_eq!((d.serial.as_str(), d.serial_path.as_ref()), ("none", None));
+        assert!(!d.jailed);
+        assert_eq!(d.pid, std::process::id());
+        assert_eq!(c.pause().expect("pause").state, VmState::Paused);
+        assert_eq!(c.describe().expect("describe").state, VmState::Paused);
+        assert_eq!(c.resume().expect("resume").state, VmState::Running);
         // The halted test kernel ignores the power button: shutdown falls
         // back to a hard stop after the timeout.
-        let sd = request(&mut s, r#"{"op":"shutdown","timeout_secs":1}"#);
-        assert_eq!(sd["ok"], true, "{sd}");
-        assert_eq!(sd["graceful"], false, "{sd}");
+        let sd = c.shutdown(1).expect("shutdown");
+        assert!(!sd.graceful, "{sd:?}");
+        assert_eq!(sd.state, VmState::Stopped);
         let code = vm.join().unwrap().unwrap();
         assert_eq!(code, 0);
         let _ = std::fs::remove_file(&k);
@@ -1212,6 +1507,13 @@ mod tests {
             assert!(!vm.is_finished(), "VM ended before printing {what:?}");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// A typed client of the VM's control socket, once it is up.
+    fn client(sock: &Path, vm: &std::thread::JoinHandle<Result<i32>>) -> Client {
+        let s = connect(sock, vm);
+        drop(s);
+        Client::connect_retry(sock, TIMEOUT).expect("connect")
     }
 
     fn connect(sock: &Path, vm: &std::thread::JoinHandle<Result<i32>>) -> UnixStream {
@@ -1256,25 +1558,24 @@ mod tests {
         ];
         let vm1 = spawn_vm(args1);
         wait_for(&out1, "hello\n.", &vm1);
-        let mut s = connect(&sock1, &vm1);
+        let mut c = client(&sock1, &vm1);
         let d = dir.display().to_string();
-        let early = request(&mut s, &format!(r#"{{"op":"snapshot","dir":"{d}"}}"#));
-        assert_eq!(
-            early["ok"], false,
-            "snapshot of a running VM must be refused"
-        );
-        assert_eq!(request(&mut s, r#"{"op":"pause"}"#)["state"], "paused");
-        let snap = request(&mut s, &format!(r#"{{"op":"snapshot","dir":"{d}"}}"#));
-        assert_eq!(snap["ok"], true, "{snap}");
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        match c.snapshot(&dir) {
+            Err(vmm_proto::ClientError::Api { source, .. }) => {
+                assert_eq!(source.kind, vmm_proto::ErrorKind::NotPaused, "{source}")
+            }
+            other => panic!("snapshot of a running VM must be refused: {other:?}"),
+        }
+        assert_eq!(c.pause().expect("pause").state, VmState::Paused);
+        let snap = c.snapshot(&dir).expect("snapshot");
+        assert_eq!(snap.dir, dir);
+        c.stop().expect("stop");
         assert_eq!(vm1.join().unwrap().unwrap(), 0);
         let meta = std::fs::metadata(dir.join("memory")).unwrap();
         assert_eq!(meta.len(), 32 << 20);
         // Sparse: the tiny guest touched a few pages; untouched memory is holes.
-        let written = snap["memory_bytes_written"]
-            .as_u64()
-            .expect("bytes written");
-        assert!(written > 0 && written < 4 << 20, "{snap}");
+        let written = snap.memory_bytes_written;
+        assert!(written > 0 && written < 4 << 20, "{snap:?}");
         assert!(
             std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 8 << 20,
             "memory file is not sparse: {} blocks",
@@ -1290,18 +1591,16 @@ mod tests {
             !text.contains("hello"),
             "restored guest started over: {text:?}"
         );
-        let mut s = connect(&sock2, &vm2);
-        let desc = request(&mut s, r#"{"op":"describe"}"#);
-        assert_eq!(desc["vcpus"], 2);
-        assert_eq!(desc["memory"], 32u64 << 20);
+        let mut c = client(&sock2, &vm2);
+        let desc = c.describe().expect("describe");
+        assert_eq!((desc.vcpus, desc.memory), (2, 32 << 20));
         // The restored VM runs on a copy-on-write mapping of `memory`; a new
         // snapshot into the same directory replaces the file (rename), never
         // truncates it under the running guest, which carries on.
-        assert_eq!(request(&mut s, r#"{"op":"pause"}"#)["state"], "paused");
-        let again = request(&mut s, &format!(r#"{{"op":"snapshot","dir":"{d}"}}"#));
-        assert_eq!(again["ok"], true, "{again}");
+        assert_eq!(c.pause().expect("pause").state, VmState::Paused);
+        c.snapshot(&dir).expect("second snapshot");
         let before = std::fs::read(&out2).unwrap().len();
-        assert_eq!(request(&mut s, r#"{"op":"resume"}"#)["state"], "running");
+        assert_eq!(c.resume().expect("resume").state, VmState::Running);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::fs::read(&out2).unwrap().len() < before + 3 {
             assert!(
@@ -1310,7 +1609,7 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        c.stop().expect("stop");
         assert_eq!(vm2.join().unwrap().unwrap(), 0);
         // And that second snapshot restores too.
         let _ = std::fs::remove_file(&out2);
@@ -1318,8 +1617,7 @@ mod tests {
         let vm3 = spawn_vm(args3);
         let text = wait_for(&out2, "...", &vm3);
         assert!(!text.contains("hello"), "{text:?}");
-        let mut s = connect(&sock2, &vm3);
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        client(&sock2, &vm3).stop().expect("stop");
         assert_eq!(vm3.join().unwrap().unwrap(), 0);
 
         // A device list that does not match the snapshot is refused.
@@ -1381,13 +1679,14 @@ mod tests {
         let api = tmp("spty-api.sock");
         let args = small_vm_args(&k, "pty", &api);
         let vm = spawn_vm(args);
-        let mut s = connect(&api, &vm);
-        let desc = request(&mut s, r#"{"op":"describe"}"#);
-        let path = desc["serial"]
-            .as_str()
-            .and_then(|d| d.strip_prefix("pty:"))
-            .unwrap_or_else(|| panic!("describe has no pty: {desc}"))
+        let mut c = client(&api, &vm);
+        let desc = c.describe().expect("describe");
+        let path = desc
+            .serial
+            .strip_prefix("pty:")
+            .unwrap_or_else(|| panic!("describe has no pty: {desc:?}"))
             .to_string();
+        assert_eq!(desc.serial_path, Some(PathBuf::from(&path)));
         let mut tty = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -1422,7 +1721,7 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         assert_eq!(got, paste);
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        assert_eq!(c.stop().expect("stop").state, VmState::Stopped);
         assert_eq!(vm.join().unwrap().unwrap(), 0);
         for p in [&k, &api] {
             let _ = std::fs::remove_file(p);
@@ -1450,8 +1749,7 @@ mod tests {
         // Output produced before the client connected is dropped; what
         // arrives is the guest's loop.
         assert!(got.iter().all(|&b| b == b'.' || b"hi\n".contains(&b)));
-        let mut s = connect(&api, &vm);
-        assert_eq!(request(&mut s, r#"{"op":"stop"}"#)["ok"], true);
+        self::client(&api, &vm).stop().expect("stop");
         assert_eq!(vm.join().unwrap().unwrap(), 0);
         for p in [&k, &ser, &api] {
             let _ = std::fs::remove_file(p);
