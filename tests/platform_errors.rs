@@ -251,7 +251,9 @@ fn users_outside_the_group_get_403_and_a_disconnecting_client_leaves_a_whole_ins
     // The instance is whole: created and running (the operation is not tied to the
     // connection), and it deletes cleanly.
     wait_for("gone to run", || {
-        (p.status("gone") == "running").then_some(())
+        let o = p.cli(&["--format", "json", "show", "gone"]);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).ok()?;
+        (o.code == 0 && v["status"] == "running").then_some(())
     });
     p.cli(&["delete", "--force", "gone"]).ok();
     nothing_left(&p);

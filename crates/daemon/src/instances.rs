@@ -4,7 +4,6 @@
 //! creates a zone itself: that happens in the instance's monitor (see docs/platform.md).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -781,10 +780,11 @@ fn spawn_monitor(bin: &Path, cfg: &MonitorConfig) -> Result<i32, ApiError> {
     drop(wr);
     // The first process exits as soon as it has forked the real monitor.
     let _ = child.wait();
-    let mut f = std::fs::File::from(rd);
-    let mut out = String::new();
-    let _ = f.read_to_string(&mut out);
-    let line = out.lines().next().unwrap_or("").to_string();
+    // One line is the whole report (the pipe may stay open in the monitor's children).
+    let mut f = std::io::BufReader::new(std::fs::File::from(rd));
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut f, &mut line);
+    let line = line.trim_end().to_string();
     if let Some(pid) = line.strip_prefix("ok ") {
         return pid
             .trim()

@@ -180,7 +180,15 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin>(
         Some([i, o, e]) => (Some(i.1), Some(o.0), Some(e.0)),
         None => (None, None, None),
     };
-    let (mon, _) = client.into_parts();
+    let (mon, early) = client.into_parts();
+    // A command that ends at once: its ExecExited may have come with ExecStarted.
+    let mut exit_code: Option<i32> =
+        early
+            .split(|&b| b == b'\n')
+            .find_map(|l| match serde_json::from_slice::<MonResp>(l) {
+                Ok(MonResp::ExecExited { code }) => Some(code),
+                _ => None,
+            });
     mon.set_nonblocking(true).map_err(|e| e.to_string())?;
     let mon = tokio::net::UnixStream::from_std(mon).map_err(|e| e.to_string())?;
     let mut mon_lines = tokio::io::BufReader::new(mon);
@@ -210,7 +218,6 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin>(
         ));
         input = Some(pipe::Sender::from_owned_fd(i).map_err(|e| e.to_string())?);
     }
-    let mut exit_code: Option<i32> = None;
     let mut client_open = true;
     let mut b0 = vec![0u8; 16384];
     let mut b1 = vec![0u8; 16384];

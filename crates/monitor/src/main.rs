@@ -51,6 +51,13 @@ fn start(ready: Option<File>) -> Result<(), StartError> {
     if let Err(e) = zone::hardening::ensure_sealed_exe() {
         return Err((ready, format!("CVE-2019-5736 protection: {e}")));
     }
+    // From here on the report pipe is not inherited by what we start (bulkhead-vmm), so
+    // the daemon's copy sees EOF when we are gone. (Not before: the sealed re-exec above
+    // must keep it.)
+    if let Some(r) = &ready {
+        // SAFETY: fcntl on the descriptor the daemon passed for this use.
+        unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     let Some(path) = std::env::args_os().nth(1) else {
         return Err((ready, "usage: bulkhead-monitor CONFIG".into()));
     };

@@ -2,7 +2,7 @@
 //! process, as bulkhead-runc would) or a VM (a bulkhead-vmm child). Owns starting it,
 //! its console, signals, freezing, resource updates, usage figures and clean-up.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ pub struct VmWork {
     pidfd: OwnedFd,
     serial: Option<UnixStream>,
     control: PathBuf,
+    /// The connection of a power-button request in flight.
+    pending_shutdown: Option<UnixStream>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -86,6 +88,7 @@ impl Workload {
                     pidfd,
                     serial: None,
                     control: control.clone(),
+                    pending_shutdown: None,
                 };
                 // The monitor is the serial socket's client: it logs the console and relays
                 // it to attached users. Wait (bounded) for the VM to create its sockets.
@@ -188,12 +191,22 @@ impl Workload {
     pub fn graceful_stop(&mut self, signal: i32) -> Result<(), String> {
         match self {
             Workload::Zone(z) => container::kill(&z.root, &z.id, signal, false).map_err(err),
-            // bulkhead-vmm stops the guest on SIGTERM.
-            Workload::Vm(v) => nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(v.child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            )
-            .map_err(err),
+            // The ACPI power button. bulkhead-vmm answers once the guest is off; the
+            // monitor does not wait for that answer (it is single-threaded): the
+            // request is written and the connection kept until the VM exits, while
+            // the monitor's own timer kills the VM if the guest ignores the button.
+            Workload::Vm(v) => {
+                let mut c = UnixStream::connect(&v.control)
+                    .map_err(|e| format!("VM control socket {}: {e}", v.control.display()))?;
+                let mut line = vmm_proto::Request::Shutdown { timeout_secs: 3600 }
+                    .to_line()
+                    .map_err(err)?;
+                line.push('\n');
+                let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
+                std::io::Write::write_all(&mut c, line.as_bytes()).map_err(err)?;
+                v.pending_shutdown = Some(c);
+                Ok(())
+            }
         }
     }
 
@@ -219,16 +232,14 @@ impl Workload {
             }
             .map_err(err),
             Workload::Vm(v) => {
-                let _ = &v.control;
-                // Pausing a VM's vCPUs: SIGSTOP holds the whole monitor, devices included,
-                // which is what a frozen instance means; SIGCONT resumes it.
-                let sig = if on {
-                    nix::sys::signal::Signal::SIGSTOP
+                let mut c =
+                    vmm_proto::Client::connect(&v.control, Duration::from_secs(5)).map_err(err)?;
+                if on {
+                    c.pause().map(|_| ())
                 } else {
-                    nix::sys::signal::Signal::SIGCONT
-                };
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(v.child.id() as i32), sig)
-                    .map_err(err)
+                    c.resume().map(|_| ())
+                }
+                .map_err(err)
             }
         }
     }
@@ -360,13 +371,11 @@ impl Workload {
             id: z.id.clone(),
             process: p,
             keep_console: spec.tty,
+            stdio: (!spec.tty)
+                .then(|| [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()]),
             ..Default::default()
         };
-        let spawned = if spec.tty {
-            container::exec(&opts).map_err(err)?
-        } else {
-            with_stdio(&fds, || container::exec(&opts))?.map_err(err)?
-        };
+        let spawned = container::exec(&opts).map_err(err)?;
         drop(fds);
         let pidfd = zone::process::pidfd_open(spawned.pid).map_err(err)?;
         Ok((spawned.pid, pidfd, spawned.console))
@@ -380,30 +389,6 @@ impl Workload {
             }
         }
     }
-}
-
-/// Runs `f` with `fds` as this process's stdin, stdout and stderr (so the process the
-/// zone library forks inherits them), then puts the monitor's own back. Safe only in a
-/// single-threaded process, which the monitor is.
-fn with_stdio<T>(fds: &[OwnedFd], f: impl FnOnce() -> T) -> Result<T, String> {
-    let mut saved = Vec::new();
-    for i in 0..3 {
-        // SAFETY: dup of a standard descriptor; the new one is ours.
-        let fd = unsafe { libc::dup(i) };
-        if fd < 0 {
-            return Err(format!("dup: {}", std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by dup and is owned by nobody else.
-        saved.push(unsafe { OwnedFd::from_raw_fd(fd) });
-    }
-    for (i, fd) in fds.iter().enumerate() {
-        raw_dup2(fd.as_raw_fd(), i as RawFd).map_err(err)?;
-    }
-    let r = f();
-    for (i, fd) in saved.iter().enumerate() {
-        let _ = raw_dup2(fd.as_raw_fd(), i as RawFd);
-    }
-    Ok(r)
 }
 
 /// dup2 onto a standard descriptor number (nix's dup2 wants owned targets).
