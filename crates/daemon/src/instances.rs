@@ -312,6 +312,14 @@ impl Daemon {
                         rootfs.display()
                     )));
                 }
+                let privileged = row
+                    .config
+                    .get("security.privileged")
+                    .and_then(|v| parse_bool(v))
+                    .unwrap_or(false);
+                if !privileged {
+                    check_reachable(&rootfs)?;
+                }
                 let cg = format!("{}/{}", self.paths.cgroup_parent, zone_id(row.id));
                 let spec = spec::zone_spec(row.id, &row.name, &rootfs, base, &row.config, &cg)
                     .map_err(|e| ApiError::bad(format!("{e:#}")))?;
@@ -735,6 +743,25 @@ impl Daemon {
             }
         }
     }
+}
+
+/// A zone's root (uid 1,000,000 and up on the host) must be able to reach its root
+/// directory: every directory above it needs search permission for others.
+fn check_reachable(rootfs: &Path) -> Result<(), ApiError> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in rootfs.ancestors() {
+        if let Ok(m) = std::fs::metadata(dir) {
+            if m.permissions().mode() & 0o001 == 0 {
+                return Err(ApiError::bad(format!(
+                    "the zone's root {} is out of reach of the zone's unprivileged root user: {} has mode {:o}; allow search by others (chmod o+x) or set security.privileged=true",
+                    rootfs.display(),
+                    dir.display(),
+                    m.permissions().mode() & 0o7777
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether the monitor whose pid file is in `run_dir` still runs.
