@@ -291,7 +291,7 @@ fn a_limit_changed_on_a_running_zone_takes_effect() {
         .and_then(|s| s.trim().parse().ok())
         .expect("pids.current");
     assert!(
-        cur <= 20 && cur >= 10,
+        (10..=20).contains(&cur),
         "pids cap of 20 not enforced: {cur} tasks"
     );
     let max = p.cgroup_file(pid, "pids", "pids.max").unwrap_or_default();
@@ -534,6 +534,7 @@ fn console_logs_events_and_metrics() {
     p.cli(&["delete", "--force", "con"]).ok();
     // Events: created, started, stopped, deleted, in that order.
     let _ = events.kill();
+    let _ = events.wait();
     let mut out = String::new();
     events
         .stdout

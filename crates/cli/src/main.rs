@@ -619,7 +619,7 @@ fn human(b: u64) -> String {
 }
 
 /// Runs `f` for each name; reports each failure and fails if any did.
-async fn each<'a, F, Fut>(names: &'a [String], f: F) -> Result<i32>
+async fn each<F, Fut>(names: &[String], f: F) -> Result<i32>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
