@@ -178,7 +178,7 @@ fn shared_rootfs_propagation_starts_and_root_is_shared() {
     b.set("/linux/rootfsPropagation", json!("shared")).args(&[
         "/bin/sh",
         "-c",
-        "grep ' / / ' /proc/self/mountinfo",
+        "awk '$5==\"/\"' /proc/self/mountinfo",
     ]);
     let z = Zone::new(b);
     let o = z.run();
@@ -188,7 +188,7 @@ fn shared_rootfs_propagation_starts_and_root_is_shared() {
     // `unbindable` goes the same way.
     let mut b = Bundle::new();
     b.set("/linux/rootfsPropagation", json!("unbindable"))
-        .args(&["/bin/sh", "-c", "grep ' / / ' /proc/self/mountinfo"]);
+        .args(&["/bin/sh", "-c", "awk '$5==\"/\"' /proc/self/mountinfo"]);
     let o = Zone::new(b).run();
     o.ok();
     assert!(o.stdout.contains("unbindable"), "{o:#?}");
