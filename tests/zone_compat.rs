@@ -167,3 +167,45 @@ fn missing_container_id_is_one_runc_line() {
     assert_eq!(o.code, 1, "{o:#?}");
     o.fails_with_one_line(&["\"exec\" requires a minimum of 1 argument(s)"]);
 }
+
+/// runtime-tools linux_rootfs_propagation / config_updates_without_affect: a shared
+/// `rootfsPropagation` made pivot_root fail (EINVAL: a shared new root). The root
+/// is made shared once inside it, and the host's mounts are not touched.
+#[test]
+fn shared_rootfs_propagation_starts_and_root_is_shared() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.set("/linux/rootfsPropagation", json!("shared")).args(&[
+        "/bin/sh",
+        "-c",
+        "awk '$5==\"/\"' /proc/self/mountinfo",
+    ]);
+    let z = Zone::new(b);
+    let o = z.run();
+    o.ok();
+    let line = o.stdout.lines().next().unwrap_or("");
+    assert!(line.contains(" shared:"), "root mount not shared: {o:#?}");
+    // `unbindable` goes the same way.
+    let mut b = Bundle::new();
+    b.set("/linux/rootfsPropagation", json!("unbindable"))
+        .args(&["/bin/sh", "-c", "awk '$5==\"/\"' /proc/self/mountinfo"]);
+    let o = Zone::new(b).run();
+    o.ok();
+    assert!(o.stdout.contains("unbindable"), "{o:#?}");
+}
+
+/// runtime-tools linux_ns_itype: with no mount namespace at all, the process is
+/// still looked up and run inside `root.path` (chroot), not in the host's tree.
+#[test]
+fn no_mount_namespace_still_runs_inside_the_root() {
+    require_root!();
+    let mut b = Bundle::new();
+    b.set("/linux/namespaces", json!([{"type": "pid"}]))
+        .set("/hostname", json!(null))
+        .set("/mounts", json!([]))
+        .args(&["/bin/sh", "-c", "echo inside:$(cat /marker-in-root)"]);
+    fs::write(b.rootfs().join("marker-in-root"), "zone-root\n").expect("marker");
+    let o = Zone::new(b).run();
+    o.ok();
+    assert!(o.stdout.contains("inside:zone-root"), "{o:#?}");
+}

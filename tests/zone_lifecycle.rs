@@ -232,6 +232,10 @@ fn hooks_run_with_state_on_stdin() {
         assert_eq!(s["pid"].as_i64(), Some(z.pid() as i64), "{k}: {s}");
         assert!(s["bundle"].is_string(), "{k}: {s}");
     }
+    // runtime-tools hooks_stdin: prestart hooks see "created"; createRuntime hooks run
+    // while the zone is still "creating" (runtime-spec runtime.md, lifecycle step 3).
+    assert_eq!(read_hook(h, "prestart").unwrap()["status"], "created");
+    assert_eq!(read_hook(h, "createRuntime").unwrap()["status"], "creating");
     // runtime-spec lifecycle steps 6-9: poststart runs after `start` ran the process
     // (runc < 1.2 runs it during create: opencontainers/runc#1710, fixed by #5186).
     assert!(

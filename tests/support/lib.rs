@@ -596,9 +596,14 @@ pub fn cgroup_dir(ctrl: &str, cgroups_path: &str) -> Option<PathBuf> {
         .find(|h| h.controllers.iter().any(|c| c == ctrl))
         .or_else(|| {
             hs.iter().find(|h| {
+                // v2 lists no `freezer` controller: cgroup.freeze is in every non-root
+                // cgroup of a hierarchy that has controllers at all.
                 h.controllers.is_empty()
                     && fs::read_to_string(h.mountpoint.join("cgroup.controllers"))
-                        .map(|c| c.split_whitespace().any(|x| x == ctrl))
+                        .map(|c| {
+                            c.split_whitespace().any(|x| x == ctrl)
+                                || (ctrl == "freezer" && !c.trim().is_empty())
+                        })
                         .unwrap_or(false)
             })
         })?;

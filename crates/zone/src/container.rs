@@ -106,6 +106,14 @@ fn prestart_hooks(h: &oci_spec::runtime::Hooks) -> Vec<oci_spec::runtime::Hook> 
     v
 }
 
+fn h_prestart(h: &oci_spec::runtime::Hooks) -> &[oci_spec::runtime::Hook] {
+    h.prestart().as_deref().unwrap_or(&[])
+}
+
+fn h_create_runtime(h: &oci_spec::runtime::Hooks) -> &[oci_spec::runtime::Hook] {
+    h.create_runtime().as_deref().unwrap_or(&[])
+}
+
 fn any_hooks(h: &oci_spec::runtime::Hooks) -> bool {
     !prestart_hooks(h).is_empty()
         || h.create_container().as_ref().is_some_and(|v| !v.is_empty())
@@ -384,7 +392,12 @@ fn create_inner(
             if let Some(pid) = init_pid {
                 hooks_pending = false;
                 let st = oci_state_json(spec, &opts.id, Status::Creating, pid, &bundle.dir);
-                run_hooks("createRuntime", &prestart_hooks(&hooks), &st)?;
+                // prestart (deprecated) hooks see the runtime environment as created,
+                // as the runtime-tools suite (hooks_stdin) expects; createRuntime hooks
+                // run while the zone is still "creating".
+                let created = oci_state_json(spec, &opts.id, Status::Created, pid, &bundle.dir);
+                run_hooks("prestart", h_prestart(&hooks), &created)?;
+                run_hooks("createRuntime", h_create_runtime(&hooks), &st)?;
                 parent_ch.send("HOOKSDONE", &st, None)?;
             }
         }
@@ -728,8 +741,24 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
             &state_json,
         )?;
     }
+    let mut host_proc: Option<OwnedFd> = None;
     if mount_ns {
         crate::mounts::enter_root(ctx.rootfs, ctx.no_pivot)?;
+        crate::mounts::apply_root_propagation(spec)?;
+    } else {
+        // No mount namespace: the zone shares the host's mounts, but its root is
+        // still `root.path` (the runtime spec's root file system; crun and youki
+        // chroot too), not the host's `/`. The root need not have procfs mounted:
+        // keep the host's /proc to reopen the exec fifo through.
+        host_proc = Some(
+            nix::fcntl::open(
+                "/proc",
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ctx(|| "open /proc")?,
+        );
+        crate::mounts::enter_root_without_mount_ns(ctx.rootfs)?;
     }
     for (k, v) in spec
         .linux()
@@ -775,11 +804,20 @@ fn init(ctx: &InitCtx, ch: &Channel) -> Result<Never> {
     ch.send("READY", "", None)?;
 
     // Wait for `start`: opening the fifo for writing blocks until it reads.
-    let fifo_w = nix::fcntl::open(
-        &crate::mounts::fd_path(&fifo),
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    );
+    let fifo_w = match &host_proc {
+        Some(proc) => nix::fcntl::openat(
+            proc,
+            format!("self/fd/{}", fifo.as_raw_fd()).as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        None => nix::fcntl::open(
+            &crate::mounts::fd_path(&fifo),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+    };
+    drop(host_proc);
     let result = (|| -> Result<Never> {
         let fifo_w = fifo_w.ctx(|| "open exec fifo")?;
         nix::unistd::write(&fifo_w, b"0").ctx(|| "write exec fifo")?;

@@ -366,10 +366,10 @@ pub fn prepare_rootfs(cfg: &RootfsConfig) -> Result<()> {
         None,
         &|| format!("bind {} onto itself", cfg.rootfs.display()),
     )?;
-    if prop.contains(MsFlags::MS_SHARED)
-        || prop.contains(MsFlags::MS_PRIVATE)
-        || prop.contains(MsFlags::MS_UNBINDABLE)
-    {
+    // A shared or unbindable root is set after pivot_root (apply_root_propagation):
+    // pivot_root refuses a shared new root (EINVAL), and setting it here would also
+    // propagate into the host's peer group.
+    if prop.contains(MsFlags::MS_PRIVATE) {
         mnt(None, cfg.rootfs, None, prop, None, &|| {
             "set rootfsPropagation".into()
         })?;
@@ -793,6 +793,35 @@ pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
         umount2(".", MntFlags::MNT_DETACH).ctx(|| "unmount old root")?;
     }
     nix::unistd::chdir("/").ctx(|| "chdir /")
+}
+
+/// Enter the root file system of a zone without a mount namespace: chroot(2)
+/// into it (there is no private mount tree to pivot).
+pub fn enter_root_without_mount_ns(rootfs: &Path) -> Result<()> {
+    nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
+    nix::unistd::chroot(".").ctx(|| "chroot")?;
+    nix::unistd::chdir("/").ctx(|| "chdir /")
+}
+
+/// Apply a `shared` or `unbindable` `linux.rootfsPropagation` to the zone's root
+/// mount, once inside it (after [`enter_root`]); `private` and `slave` were set by
+/// [`prepare_rootfs`].
+pub fn apply_root_propagation(spec: &oci_spec::runtime::Spec) -> Result<()> {
+    let Some(prop) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().clone())
+        .as_deref()
+        .and_then(propagation_flags)
+    else {
+        return Ok(());
+    };
+    if prop.contains(MsFlags::MS_SHARED) || prop.contains(MsFlags::MS_UNBINDABLE) {
+        mnt(None, Path::new("/"), None, prop, None, &|| {
+            "set rootfsPropagation".into()
+        })?;
+    }
+    Ok(())
 }
 
 /// statfs(2) magic numbers of the file systems masks may land on.
