@@ -196,10 +196,20 @@ impl Platform {
         for h in hs.flatten() {
             find_dirs(&h.path(), &self.cgroup_parent, 6, &mut out);
         }
+        // Only a prefix with zone cgroups inside counts as left over.
+        out.retain(|p| {
+            std::fs::read_dir(p)
+                .map(|r| {
+                    r.flatten()
+                        .any(|c| c.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                })
+                .unwrap_or(false)
+        });
         out
     }
 }
 
+/// Every directory called `name` below `dir` (at most `depth` levels down).
 fn find_dirs(dir: &Path, name: &str, depth: u32, out: &mut Vec<PathBuf>) {
     if depth == 0 {
         return;
@@ -209,20 +219,10 @@ fn find_dirs(dir: &Path, name: &str, depth: u32, out: &mut Vec<PathBuf>) {
     };
     for e in rd.flatten() {
         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            let p = e.path();
             if e.file_name().to_string_lossy() == name {
-                // Only a prefix with zone cgroups inside counts as left over.
-                let has_children = std::fs::read_dir(&p)
-                    .map(|r| {
-                        r.flatten()
-                            .any(|c| c.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                    })
-                    .unwrap_or(false);
-                if has_children {
-                    out.push(p);
-                }
+                out.push(e.path());
             } else {
-                find_dirs(&p, name, depth - 1, out);
+                find_dirs(&e.path(), name, depth - 1, out);
             }
         }
     }
@@ -288,28 +288,10 @@ impl Drop for Platform {
         if let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") {
             for h in hs.flatten() {
                 let mut v = Vec::new();
-                find_all(&h.path(), &self.cgroup_parent, 6, &mut v);
+                find_dirs(&h.path(), &self.cgroup_parent, 6, &mut v);
                 for p in v {
                     let _ = std::fs::remove_dir(p);
                 }
-            }
-        }
-    }
-}
-
-fn find_all(dir: &Path, name: &str, depth: u32, out: &mut Vec<PathBuf>) {
-    if depth == 0 {
-        return;
-    }
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            if e.file_name().to_string_lossy() == name {
-                out.push(e.path());
-            } else {
-                find_all(&e.path(), name, depth - 1, out);
             }
         }
     }

@@ -410,44 +410,19 @@ async fn run(cli: Cli) -> Result<i32> {
             })?;
             Ok(0)
         }
-        Cmd::Start { names } => {
-            each(&names, |n| {
-                state_change(&api, n, api::Action::Start, None, false)
-            })
-            .await
-        }
+        Cmd::Start { names } => states(&api, &names, api::Action::Start, None, false).await,
         Cmd::Stop {
             names,
             force,
             timeout,
-        } => {
-            each(&names, |n| {
-                state_change(&api, n, api::Action::Stop, timeout, force)
-            })
-            .await
-        }
+        } => states(&api, &names, api::Action::Stop, timeout, force).await,
         Cmd::Restart {
             names,
             force,
             timeout,
-        } => {
-            each(&names, |n| {
-                state_change(&api, n, api::Action::Restart, timeout, force)
-            })
-            .await
-        }
-        Cmd::Freeze { names } => {
-            each(&names, |n| {
-                state_change(&api, n, api::Action::Freeze, None, false)
-            })
-            .await
-        }
-        Cmd::Unfreeze { names } => {
-            each(&names, |n| {
-                state_change(&api, n, api::Action::Unfreeze, None, false)
-            })
-            .await
-        }
+        } => states(&api, &names, api::Action::Restart, timeout, force).await,
+        Cmd::Freeze { names } => states(&api, &names, api::Action::Freeze, None, false).await,
+        Cmd::Unfreeze { names } => states(&api, &names, api::Action::Unfreeze, None, false).await,
         Cmd::Delete { names, force } => {
             each(&names, |n| {
                 let api = &api;
@@ -635,6 +610,17 @@ where
         }
     }
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// One state change for each of `names`.
+async fn states(
+    api: &Api,
+    names: &[String],
+    action: api::Action,
+    timeout: Option<u64>,
+    force: bool,
+) -> Result<i32> {
+    each(names, |n| state_change(api, n, action, timeout, force)).await
 }
 
 async fn state_change(

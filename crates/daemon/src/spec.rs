@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use api::config::{parse_allowance, parse_cpu, parse_mount, parse_size, split_words, CpuLimit};
 use oci_spec::runtime::{
-    Capability, LinuxBlockIoBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, LinuxThrottleDeviceBuilder,
-    MountBuilder, RootBuilder, Spec,
+    Capability, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResources, MountBuilder, RootBuilder, Spec,
 };
 
 /// First host id of the per-zone id ranges (each zone gets 65536 ids from here on).
@@ -189,42 +187,7 @@ pub fn resources(
     config: &BTreeMap<String, String>,
     disk: Option<(i64, i64)>,
 ) -> Result<LinuxResources> {
-    let u = update_of(config, disk);
-    let mut r = LinuxResourcesBuilder::default();
-    if let Some(m) = u.memory_limit {
-        r = r.memory(LinuxMemoryBuilder::default().limit(m).build()?);
-    }
-    if u.cpu_quota.is_some() || u.cpus.is_some() {
-        let mut c = LinuxCpuBuilder::default();
-        if let Some(q) = u.cpu_quota {
-            c = c.quota(q).period(u.cpu_period.unwrap_or(100_000));
-        }
-        if let Some(s) = &u.cpus {
-            c = c.cpus(s.clone());
-        }
-        r = r.cpu(c.build()?);
-    }
-    if let Some(p) = u.pids_limit {
-        r = r.pids(LinuxPidsBuilder::default().limit(p).build()?);
-    }
-    if u.read_bps.is_some() || u.write_bps.is_some() {
-        let dev = |(major, minor, rate): (i64, i64, u64)| {
-            LinuxThrottleDeviceBuilder::default()
-                .major(major)
-                .minor(minor)
-                .rate(rate)
-                .build()
-        };
-        let mut b = LinuxBlockIoBuilder::default();
-        if let Some(x) = u.read_bps {
-            b = b.throttle_read_bps_device(vec![dev(x)?]);
-        }
-        if let Some(x) = u.write_bps {
-            b = b.throttle_write_bps_device(vec![dev(x)?]);
-        }
-        r = r.block_io(b.build()?);
-    }
-    Ok(r.build()?)
+    Ok(update_of(config, disk).to_oci()?)
 }
 
 /// The limits of `config` as a monitor update (unset keys stay None).

@@ -27,27 +27,38 @@ fn upgrade_requested(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| !v.as_bytes().is_empty())
 }
 
-/// `POST /1.0/instances/{name}/exec`.
-pub async fn exec(
-    d: Arc<Daemon>,
+/// The instance a stream is for: it must run, and the request must ask for an upgrade.
+fn stream_target(
+    d: &Daemon,
     name: &str,
-    mut req: Request<Incoming>,
-) -> Result<Resp, ApiError> {
+    req: &Request<Incoming>,
+    what: &str,
+) -> Result<crate::store::Row, ApiError> {
     let row = d.row(name)?;
     if !d.is_running(name) {
         return Err(ApiError::conflict(format!(
             "instance {name:?} is not running"
         )));
     }
+    if !upgrade_requested(req) {
+        return Err(ApiError::bad(format!(
+            "{what} needs an HTTP upgrade (Connection: upgrade, Upgrade: bulkhead-stream)"
+        )));
+    }
+    Ok(row)
+}
+
+/// `POST /1.0/instances/{name}/exec`.
+pub async fn exec(
+    d: Arc<Daemon>,
+    name: &str,
+    mut req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let row = stream_target(&d, name, &req, "exec")?;
     if row.kind == InstanceKind::Vm {
         return Err(ApiError::bad(format!(
             "exec in VM {name:?} needs a guest agent, which VMs do not have yet"
         )));
-    }
-    if !upgrade_requested(&req) {
-        return Err(ApiError::bad(
-            "exec needs an HTTP upgrade (Connection: upgrade, Upgrade: bulkhead-stream)",
-        ));
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let sock = monitor::socket_path(&d.paths.run_dir(row.id));
@@ -97,17 +108,6 @@ fn parse_user(u: &str) -> Result<(u32, Option<u32>), String> {
         )),
         None => Ok((u.parse().map_err(|_| bad())?, None)),
     }
-}
-
-fn set_winsize(fd: i32, cols: u16, rows: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ with a valid pointer on a terminal master we hold.
-    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
 
 async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -247,7 +247,7 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin>(
                 }
                 FrameKind::Resize if payload.len() == 4 => {
                     if let Some(m) = master_raw {
-                        set_winsize(
+                        monitor::set_winsize(
                             m,
                             u16::from_be_bytes([payload[0], payload[1]]),
                             u16::from_be_bytes([payload[2], payload[3]]),
@@ -341,17 +341,7 @@ pub async fn console(
     name: &str,
     mut req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    let row = d.row(name)?;
-    if !d.is_running(name) {
-        return Err(ApiError::conflict(format!(
-            "instance {name:?} is not running"
-        )));
-    }
-    if !upgrade_requested(&req) {
-        return Err(ApiError::bad(
-            "console needs an HTTP upgrade (Connection: upgrade, Upgrade: bulkhead-stream)",
-        ));
-    }
+    let row = stream_target(&d, name, &req, "console")?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let name = name.to_string();
     tokio::spawn(async move {

@@ -109,6 +109,60 @@ pub struct ResourceUpdate {
     pub write_bps: Option<(i64, i64, u64)>,
 }
 
+impl ResourceUpdate {
+    /// The OCI resources that apply this update (unset fields are left out).
+    pub fn to_oci(&self) -> Result<oci_spec::runtime::LinuxResources, oci_spec::OciSpecError> {
+        use oci_spec::runtime::*;
+        let mut r = LinuxResourcesBuilder::default();
+        if let Some(m) = self.memory_limit {
+            r = r.memory(LinuxMemoryBuilder::default().limit(m).build()?);
+        }
+        if self.cpu_quota.is_some() || self.cpus.is_some() {
+            let mut c = LinuxCpuBuilder::default();
+            if let Some(q) = self.cpu_quota {
+                c = c.quota(q).period(self.cpu_period.unwrap_or(100_000));
+            }
+            if let Some(s) = &self.cpus {
+                c = c.cpus(s.clone());
+            }
+            r = r.cpu(c.build()?);
+        }
+        if let Some(p) = self.pids_limit {
+            r = r.pids(LinuxPidsBuilder::default().limit(p).build()?);
+        }
+        if self.read_bps.is_some() || self.write_bps.is_some() {
+            let dev = |(major, minor, rate): (i64, i64, u64)| {
+                LinuxThrottleDeviceBuilder::default()
+                    .major(major)
+                    .minor(minor)
+                    .rate(rate)
+                    .build()
+            };
+            let mut b = LinuxBlockIoBuilder::default();
+            if let Some(x) = self.read_bps {
+                b = b.throttle_read_bps_device(vec![dev(x)?]);
+            }
+            if let Some(x) = self.write_bps {
+                b = b.throttle_write_bps_device(vec![dev(x)?]);
+            }
+            r = r.block_io(b.build()?);
+        }
+        r.build()
+    }
+}
+
+/// Sets the window size of a terminal (master or slave side).
+pub fn set_winsize(fd: std::os::fd::RawFd, cols: u16, rows: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid pointer; a bad fd only makes the call fail.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
 /// A process to run inside a zone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

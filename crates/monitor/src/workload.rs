@@ -173,7 +173,7 @@ impl Workload {
             console: Some(c), ..
         }) = self
         {
-            set_winsize(c.as_raw_fd(), cols, rows);
+            monitor::set_winsize(c.as_raw_fd(), cols, rows);
         }
     }
 
@@ -248,7 +248,7 @@ impl Workload {
         let Workload::Zone(z) = self else {
             return Err("a VM's CPUs and memory change at its next start".into());
         };
-        let r = resources(u).map_err(err)?;
+        let r = u.to_oci().map_err(err)?;
         container::update(&z.root, &z.id, &r).map_err(err)
     }
 
@@ -408,17 +408,6 @@ fn set_nonblocking(fd: RawFd) {
     }
 }
 
-fn set_winsize(fd: RawFd, cols: u16, rows: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ with a valid pointer on a terminal master.
-    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
-}
-
 fn clk_tck() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -451,46 +440,4 @@ fn net_dev(pid: i32) -> (u64, u64) {
         tx += f.get(8).copied().unwrap_or(0);
     }
     (rx, tx)
-}
-
-/// The OCI resources of an update.
-fn resources(
-    u: &ResourceUpdate,
-) -> Result<oci_spec::runtime::LinuxResources, oci_spec::OciSpecError> {
-    use oci_spec::runtime::*;
-    let mut r = LinuxResourcesBuilder::default();
-    if let Some(m) = u.memory_limit {
-        r = r.memory(LinuxMemoryBuilder::default().limit(m).build()?);
-    }
-    if u.cpu_quota.is_some() || u.cpus.is_some() {
-        let mut c = LinuxCpuBuilder::default();
-        if let Some(q) = u.cpu_quota {
-            c = c.quota(q).period(u.cpu_period.unwrap_or(100_000));
-        }
-        if let Some(s) = &u.cpus {
-            c = c.cpus(s.clone());
-        }
-        r = r.cpu(c.build()?);
-    }
-    if let Some(p) = u.pids_limit {
-        r = r.pids(LinuxPidsBuilder::default().limit(p).build()?);
-    }
-    if u.read_bps.is_some() || u.write_bps.is_some() {
-        let dev = |(major, minor, rate): (i64, i64, u64)| {
-            LinuxThrottleDeviceBuilder::default()
-                .major(major)
-                .minor(minor)
-                .rate(rate)
-                .build()
-        };
-        let mut b = LinuxBlockIoBuilder::default();
-        if let Some(x) = u.read_bps {
-            b = b.throttle_read_bps_device(vec![dev(x)?]);
-        }
-        if let Some(x) = u.write_bps {
-            b = b.throttle_write_bps_device(vec![dev(x)?]);
-        }
-        r = r.block_io(b.build()?);
-    }
-    r.build()
 }
