@@ -12,7 +12,7 @@ use system_tests::{require_root, wait_for};
 
 fn nothing_left(p: &Platform) {
     assert_eq!(p.json(&["list"]), serde_json::json!([]));
-    let count = |d: std::path::PathBuf| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+    let count = |d: std::path::PathBuf| system_tests::platform::entries(&d);
     assert_eq!(
         count(p.root().join("instances")),
         0,

@@ -130,7 +130,7 @@ fn zone_lifecycle_through_the_cli_leaves_nothing_behind() {
     p.cli(&["delete", "--force", "www"]).ok();
     p.cli(&["show", "www"]).fails_with_one_line(&["not found"]);
     assert_eq!(p.json(&["list"]), serde_json::json!([]));
-    let count = |d: &Path| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+    let count = |d: &Path| system_tests::platform::entries(d);
     assert_eq!(count(&p.run_dir().join("instances")), 0);
     assert_eq!(count(&p.run_dir().join("zones")), 0);
     assert_eq!(count(&p.root().join("instances")), 0);
@@ -568,4 +568,81 @@ fn chrono_now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+#[test]
+fn help_completions_man_pages_and_a_terminal_exec() {
+    require_root!();
+    let p = Platform::start();
+    let help = p.cli(&["help", "exec"]).ok().stdout.clone();
+    assert!(
+        help.contains("Examples:") && help.contains("--tty"),
+        "{help}"
+    );
+    let bash = p.cli(&["completion", "bash"]).ok().stdout.clone();
+    assert!(
+        bash.contains("bulkhead") && bash.contains("snapshot"),
+        "completion script"
+    );
+    let man = p.dir.path().join("man");
+    p.cli(&["man", man.to_str().unwrap()]).ok();
+    let page = std::fs::read_to_string(man.join("bulkhead-exec.1")).expect("bulkhead-exec.1");
+    assert!(page.contains(".TH"), "{page}");
+    let keys = p.cli(&["config", "keys"]).ok().stdout.clone();
+    assert!(
+        keys.contains("limits.memory") && keys.contains("boot.restart"),
+        "{keys}"
+    );
+    let yaml = p.cli(&["--format", "yaml", "list"]).ok().stdout.clone();
+    assert_eq!(yaml.trim(), "[]");
+
+    // exec -t through the API: a terminal of the size asked for.
+    p.zone("tty", SLEEPER, &[]);
+    let mut s = UnixStream::connect(p.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"POST /1.0/instances/tty/exec HTTP/1.1\r\nHost: b\r\nConnection: upgrade\r\nUpgrade: bulkhead-stream\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    s.write_all(
+        br#"{"command":["sh","-c","tty; stty size; exit 5"],"tty":true,"cols":99,"rows":33}"#,
+    )
+    .unwrap();
+    s.write_all(b"\n").unwrap();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let code = loop {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "stream closed before the exit frame: {}",
+            String::from_utf8_lossy(&out)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let mut done = None;
+        while let Some((kind, payload)) = api::frame::decode(&mut buf).unwrap() {
+            match kind {
+                api::frame::FrameKind::Stdout => out.extend_from_slice(&payload),
+                api::frame::FrameKind::Exit => {
+                    done = Some(i32::from_be_bytes(payload[..4].try_into().unwrap()))
+                }
+                other => panic!(
+                    "unexpected frame {other:?}: {}",
+                    String::from_utf8_lossy(&payload)
+                ),
+            }
+        }
+        if let Some(c) = done {
+            break c;
+        }
+    };
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(code, 5);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("33 99"), "{text}");
 }

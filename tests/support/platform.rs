@@ -228,6 +228,18 @@ fn find_dirs(dir: &Path, name: &str, depth: u32, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// How many entries `dir` holds, not counting hidden ones (the zone library's
+/// `.seccomp-cache` in its state root is shared by every zone and outlives them).
+pub fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// One HTTP/1.1 request on a Unix socket; the connection is closed after it.
 pub fn http_raw(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut s =

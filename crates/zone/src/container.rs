@@ -202,7 +202,10 @@ pub fn create(opts: &CreateOpts) -> Result<Spawned> {
         ));
     }
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(s) => Some(crate::seccomp::compile(s)?),
+        Some(s) => Some(crate::seccomp::compile_cached(
+            s,
+            &opts.root.join(crate::seccomp::CACHE_DIR),
+        )?),
         None => None,
     };
     let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
@@ -1229,7 +1232,10 @@ pub fn exec(opts: &ExecOpts) -> Result<Spawned> {
         .as_ref()
         .and_then(|l| l.seccomp().as_ref())
     {
-        Some(s) => Some(crate::seccomp::compile(s)?),
+        Some(s) => Some(crate::seccomp::compile_cached(
+            s,
+            &opts.root.join(crate::seccomp::CACHE_DIR),
+        )?),
         None => None,
     };
     let cg = Cgroup::from_state(&st.cgroup);

@@ -42,6 +42,84 @@ impl BpfProgram {
     }
 }
 
+impl BpfProgram {
+    /// The program as bytes: flags (u64 LE), then each instruction as code (u16 LE),
+    /// jt, jf (u8) and k (u32 LE).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + 8 * self.insns.len());
+        v.extend_from_slice(&(self.flags as u64).to_le_bytes());
+        for i in &self.insns {
+            v.extend_from_slice(&i.code.to_le_bytes());
+            v.push(i.jt);
+            v.push(i.jf);
+            v.extend_from_slice(&i.k.to_le_bytes());
+        }
+        v
+    }
+
+    /// The inverse of [`BpfProgram::to_bytes`]; None when malformed.
+    pub fn from_bytes(b: &[u8]) -> Option<BpfProgram> {
+        if b.len() < 16 || (b.len() - 8) % 8 != 0 || (b.len() - 8) / 8 > MAX_INSNS {
+            return None;
+        }
+        let flags = u64::from_le_bytes(b[..8].try_into().ok()?) as libc::c_ulong;
+        let insns = b[8..]
+            .chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_le_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        Some(BpfProgram { insns, flags })
+    }
+}
+
+/// Name of the compiled-profile cache directory in a state root.
+pub const CACHE_DIR: &str = ".seccomp-cache";
+
+/// [`compile`], reusing an earlier compilation of the same profile from `cache_dir` (in
+/// the runtime's state root, written by root only) and storing new ones there. libseccomp's
+/// compilation is most of the cost of an `exec` and a large part of a `create`, and zones
+/// made by one tool share a profile. An entry holds the profile's JSON and the program; it
+/// is used only when the stored JSON equals this profile's byte for byte, so a hash
+/// collision can never hand a zone another zone's filter.
+pub fn compile_cached(
+    s: &LinuxSeccomp,
+    cache_dir: &std::path::Path,
+) -> Result<BpfProgram, SeccompError> {
+    use std::hash::{Hash, Hasher};
+    let json = match serde_json::to_vec(s) {
+        Ok(j) => j,
+        Err(_) => return compile(s),
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    json.hash(&mut h);
+    let path = cache_dir.join(format!("{:016x}.bpf", h.finish()));
+    if let Ok(entry) = std::fs::read(&path) {
+        if entry.len() > 4 {
+            let n = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) as usize;
+            if entry.len() > 4 + n && entry[4..4 + n] == json[..] {
+                if let Some(p) = BpfProgram::from_bytes(&entry[4 + n..]) {
+                    return Ok(p);
+                }
+            }
+        }
+    }
+    let p = compile(s)?;
+    let mut entry = (json.len() as u32).to_le_bytes().to_vec();
+    entry.extend_from_slice(&json);
+    entry.extend_from_slice(&p.to_bytes());
+    let stored = std::fs::create_dir_all(cache_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|_| crate::state::write_atomic(&path, &entry).map_err(|e| e.to_string()));
+    if let Err(e) = stored {
+        tracing::debug!("seccomp cache {}: {e}", path.display());
+    }
+    Ok(p)
+}
+
 impl std::fmt::Debug for BpfProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BpfProgram")
@@ -553,6 +631,31 @@ mod tests {
 
     fn profile(json: &str) -> LinuxSeccomp {
         serde_json::from_str(json).expect("profile json")
+    }
+
+    #[test]
+    fn compiled_programs_round_trip_through_the_cache() {
+        let prof = default_profile();
+        let compiled = compile(&prof).unwrap();
+        let back = BpfProgram::from_bytes(&compiled.to_bytes()).unwrap();
+        assert_eq!(back.to_bytes(), compiled.to_bytes());
+        assert_eq!(back.flags(), compiled.flags());
+        assert!(BpfProgram::from_bytes(&[1, 2, 3]).is_none());
+        assert!(BpfProgram::from_bytes(&compiled.to_bytes()[..20]).is_none());
+        let dir = std::env::temp_dir().join(format!("bh-seccomp-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = dir.join(CACHE_FILE);
+        let first = compile_cached(&prof, &cache).unwrap();
+        assert!(cache.exists(), "the first compilation is cached");
+        let second = compile_cached(&prof, &cache).unwrap();
+        assert_eq!(first.to_bytes(), second.to_bytes());
+        // A damaged cache is ignored and replaced.
+        std::fs::write(&cache, b"garbage").unwrap();
+        assert_eq!(
+            compile_cached(&prof, &cache).unwrap().to_bytes(),
+            first.to_bytes()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Runs `body` in a child under `prog` (no_new_privs set first) and
