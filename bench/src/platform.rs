@@ -1104,9 +1104,10 @@ fn run(args: Args) -> Result<()> {
         let used = before.saturating_sub(meminfo_kib("MemAvailable"));
         (
             format!(
-                "{up}/{target} up in {:.1} s, {answering} answer exec ({first_fail} failed a first try), {:.0} MiB used{why}",
+                "{up}/{target} up in {:.1} s, {answering} answer exec ({first_fail} failed a first try), {:.0} MiB used = {:.2} MiB/zone{why}",
                 tc.as_secs_f64(),
-                used as f64 / 1024.0
+                used as f64 / 1024.0,
+                used as f64 / 1024.0 / up.max(1) as f64
             ),
             up,
         )
