@@ -517,10 +517,12 @@ impl Lxd {
             .collect()
     }
     fn running(&self) -> Result<usize, String> {
-        Ok(output(&mut self.lxc(&["list", "--format", "csv", "-c", "s"]))?
-            .lines()
-            .filter(|l| l.trim() == "RUNNING")
-            .count())
+        Ok(
+            output(&mut self.lxc(&["list", "--format", "csv", "-c", "s"]))?
+                .lines()
+                .filter(|l| l.trim() == "RUNNING")
+                .count(),
+        )
     }
     fn daemon_pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
@@ -750,7 +752,11 @@ fn run(args: Args) -> Result<()> {
         metric: format!("1. create+start latency, median / p90 (N={n})"),
         goal: "≤ 25 ms".into(),
         bh: b1.show(),
-        lxd: if lxd.is_ok() { l1.show() } else { skipped(&lxd) },
+        lxd: if lxd.is_ok() {
+            l1.show()
+        } else {
+            skipped(&lxd)
+        },
         ratio: ratio(b1.median(), l1.median()),
     });
     let (bps, lps) = (per_s(&b1, btot), per_s(&l1, ltot));
@@ -782,7 +788,10 @@ fn run(args: Args) -> Result<()> {
                     let id = o.stdout.trim().to_string();
                     Ok((pm, id))
                 } else {
-                    Err(format!("podman run -d: {}", first_line(o.stderr.as_bytes())))
+                    Err(format!(
+                        "podman run -d: {}",
+                        first_line(o.stderr.as_bytes())
+                    ))
                 }
             }
             None => Err("runc not installed".to_string()),
@@ -815,7 +824,11 @@ fn run(args: Args) -> Result<()> {
         metric: format!("2. exec true latency, median / p90 (N={})", n * 2),
         goal: "≤ 5 ms".into(),
         bh: b2.show(),
-        lxd: if lxd.is_ok() { l2.show() } else { skipped(&lxd) },
+        lxd: if lxd.is_ok() {
+            l2.show()
+        } else {
+            skipped(&lxd)
+        },
         ratio: ratio(b2.median(), l2.median()),
     });
     let rm = r2.median();
@@ -993,7 +1006,11 @@ fn run(args: Args) -> Result<()> {
         ),
         goal: "≤ 100 ms".into(),
         bh: b4.show(),
-        lxd: if lxd.is_ok() { l4.show() } else { skipped(&lxd) },
+        lxd: if lxd.is_ok() {
+            l4.show()
+        } else {
+            skipped(&lxd)
+        },
         ratio: ratio(b4.median(), l4.median()),
     });
     let ld_rss = match &lxd {
@@ -1008,10 +1025,7 @@ fn run(args: Args) -> Result<()> {
             Some(k) => format!("{:.1} MiB (lxd)", k as f64 / 1024.0),
             None => skipped(&lxd),
         },
-        ratio: ratio(
-            Some(bd_rss as f64),
-            ld_rss.map(|x| x as f64),
-        ),
+        ratio: ratio(Some(bd_rss as f64), ld_rss.map(|x| x as f64)),
     });
     bh.delete(&dnames);
     if let Ok(l) = &lxd {
@@ -1163,9 +1177,24 @@ fn run(args: Args) -> Result<()> {
         t_all.elapsed().as_secs_f64()
     );
     let w: BTreeMap<&str, usize> = [
-        ("m", rows.iter().map(|r| r.metric.chars().count()).max().unwrap_or(0)),
-        ("b", rows.iter().map(|r| r.bh.chars().count()).max().unwrap_or(0)),
-        ("l", rows.iter().map(|r| r.lxd.chars().count()).max().unwrap_or(0)),
+        (
+            "m",
+            rows.iter()
+                .map(|r| r.metric.chars().count())
+                .max()
+                .unwrap_or(0),
+        ),
+        (
+            "b",
+            rows.iter().map(|r| r.bh.chars().count()).max().unwrap_or(0),
+        ),
+        (
+            "l",
+            rows.iter()
+                .map(|r| r.lxd.chars().count())
+                .max()
+                .unwrap_or(0),
+        ),
     ]
     .into_iter()
     .collect();
