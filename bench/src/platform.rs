@@ -593,13 +593,20 @@ struct RuncZone {
 }
 
 impl RuncZone {
-    fn start() -> Result<RuncZone, String> {
+    /// `seccomp`: with the seccomp profile bulkheadd gives its zones (else none).
+    fn start(seccomp: bool) -> Result<RuncZone, String> {
         let state = tempfile::Builder::new()
             .prefix("bhrunc-")
             .tempdir()
             .map_err(|e| e.to_string())?;
         let mut bundle = Bundle::new();
         bundle.args(&["sleep", "1000000"]);
+        // The seccomp profile bulkheadd gives its zones, so both execs load the same filter.
+        if seccomp {
+            let profile = serde_json::to_value(zone::seccomp::default_profile())
+                .map_err(|e| e.to_string())?;
+            bundle.set("/linux/seccomp", profile);
+        }
         bundle.write();
         let id = unique_id("bench-runc");
         let z = RuncZone {
@@ -774,7 +781,8 @@ fn run(args: Args) -> Result<()> {
 
     // 2. exec latency: bulkhead, lxc, runc, podman (runtime runc), interleaved.
     eprintln!("[2] exec true x{n}");
-    let runc = RuncZone::start();
+    let runc = RuncZone::start(false);
+    let runc_sc = RuncZone::start(true);
     let podman = if system_tests::clients::have("podman") {
         let runc_path = ["/usr/sbin/runc", "/usr/bin/runc"]
             .iter()
@@ -799,6 +807,7 @@ fn run(args: Args) -> Result<()> {
     } else {
         Err("podman not installed".to_string())
     };
+    let mut rs2 = Samples::default();
     let (mut b2, mut l2, mut r2, mut p2) = (
         Samples::default(),
         Samples::default(),
@@ -814,6 +823,9 @@ fn run(args: Args) -> Result<()> {
             }
             if let Ok(r) = &runc {
                 r2.push(r.exec_true());
+            }
+            if let Ok(r) = &runc_sc {
+                rs2.push(r.exec_true());
             }
             if let Ok((pm, id)) = &podman {
                 p2.push(timed(&mut pm.cmd(&["exec", id, "true"])));
@@ -834,23 +846,32 @@ fn run(args: Args) -> Result<()> {
     let rm = r2.median();
     let pmed = p2.median();
     rows.push(Row {
-        metric: "2. exec peers: runc exec | podman exec (runc)".into(),
+        metric: "2. exec peers: runc exec (no seccomp; zones' seccomp) | podman exec (runc)".into(),
         goal: String::new(),
-        bh: match &runc {
-            Ok(_) => format!("runc: {}", r2.show()),
-            Err(e) => format!("runc: SKIPPED: {e}"),
-        },
+        bh: format!(
+            "runc: {}; runc+seccomp: {}",
+            match &runc {
+                Ok(_) => r2.show(),
+                Err(e) => format!("SKIPPED: {e}"),
+            },
+            match &runc_sc {
+                Ok(_) => rs2.show(),
+                Err(e) => format!("SKIPPED: {e}"),
+            }
+        ),
         lxd: match &podman {
             Ok(_) => format!("podman: {}", p2.show()),
             Err(e) => format!("podman: SKIPPED: {e}"),
         },
         ratio: format!(
-            "bh/runc {} bh/podman {}",
+            "bh/runc {} bh/runc+seccomp {} bh/podman {}",
             ratio(b2.median(), rm),
+            ratio(b2.median(), rs2.median()),
             ratio(b2.median(), pmed)
         ),
     });
     drop(runc);
+    drop(runc_sc);
     drop(podman);
 
     // Clear step 1's instances.
