@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -79,8 +80,34 @@ fn first_line(s: &[u8]) -> String {
         .to_string()
 }
 
+/// Set when SIGINT, SIGTERM or SIGHUP arrives: measurements stop (every timed call fails at
+/// once), the remaining steps run through quickly, and the cleanup at the end still runs.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Blocks the stop signals in this thread (threads spawned later inherit the mask) and
+/// waits for them on a helper thread. Children get an empty mask from `Command`.
+fn catch_stop_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    if set.thread_block().is_err() {
+        return;
+    }
+    std::thread::spawn(move || loop {
+        if let Ok(sig) = set.wait() {
+            eprintln!("platform: {sig}: stopping and cleaning up");
+            INTERRUPTED.store(true, Ordering::SeqCst);
+        }
+    });
+}
+
 /// Runs `c` with stdin/stdout closed; its wall time, or its first stderr line.
 fn timed(c: &mut Command) -> Result<Duration, String> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Err("interrupted".into());
+    }
     let t0 = Instant::now();
     let o = c
         .stdin(Stdio::null())
@@ -701,6 +728,7 @@ fn run(args: Args) -> Result<()> {
         bail!("/bin/busybox not found: install busybox-static");
     }
     become_subreaper();
+    catch_stop_signals();
     let q = args.quick;
     let n = args.n.unwrap_or(if q { 5 } else { 40 }).max(1);
     let defined = args.defined.unwrap_or(if q { 50 } else { 1000 });
@@ -1249,6 +1277,9 @@ fn run(args: Args) -> Result<()> {
     }
     for n in &notes {
         println!("- {n}");
+    }
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        println!("INTERRUPTED: the figures above are incomplete");
     }
     drop(lxd);
     drop(bh);
