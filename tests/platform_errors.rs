@@ -232,7 +232,9 @@ fn users_outside_the_group_get_403_and_a_disconnecting_client_leaves_a_whole_ins
         "no data for a stranger: {text}"
     );
 
-    // A client that sends a create-and-start and hangs up at once.
+    // A client that sends a create-and-start and hangs up as soon as the operation is
+    // accepted (the start still running). A client that hangs up before its request is
+    // read creates nothing at all.
     let root = p.rootfs("gone");
     let body = format!(
         r#"{{"name":"gone","source":{{"type":"rootfs","path":"{}"}},"config":{{"command":"sleep 600"}},"start":true}}"#,
@@ -247,6 +249,13 @@ fn users_outside_the_group_get_403_and_a_disconnecting_client_leaves_a_whole_ins
         .as_bytes(),
     )
     .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        std::io::Read::read_exact(&mut s, &mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 202"));
     drop(s);
     // The instance is whole: created and running (the operation is not tied to the
     // connection), and it deletes cleanly.

@@ -47,7 +47,15 @@ pub async fn serve(d: Arc<Daemon>, listener: tokio::net::UnixListener, access: A
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let d = d.clone();
-                async move { Ok::<_, Infallible>(route(d, req, allowed).await) }
+                async move {
+                    // Each request runs to its end in a task of its own: a client that
+                    // hangs up must not cancel a change halfway (say, a limit applied to
+                    // the zone but not yet saved).
+                    let r = tokio::spawn(route(d, req, allowed)).await;
+                    Ok::<_, Infallible>(r.unwrap_or_else(|e| {
+                        error(ApiError::internal(format!("request handler failed: {e}")))
+                    }))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

@@ -643,16 +643,27 @@ mod tests {
         assert!(BpfProgram::from_bytes(&[1, 2, 3]).is_none());
         assert!(BpfProgram::from_bytes(&compiled.to_bytes()[..20]).is_none());
         let dir = std::env::temp_dir().join(format!("bh-seccomp-cache-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cache = dir.join(CACHE_FILE);
-        let first = compile_cached(&prof, &cache).unwrap();
-        assert!(cache.exists(), "the first compilation is cached");
-        let second = compile_cached(&prof, &cache).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = compile_cached(&prof, &dir).unwrap();
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(entries.len(), 1, "the first compilation is cached");
+        let second = compile_cached(&prof, &dir).unwrap();
         assert_eq!(first.to_bytes(), second.to_bytes());
-        // A damaged cache is ignored and replaced.
-        std::fs::write(&cache, b"garbage").unwrap();
+        // Another profile gets its own entry, never the first one's program.
+        let other = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        );
+        let o = compile_cached(&other, &dir).unwrap();
+        assert_ne!(o.to_bytes(), first.to_bytes());
+        assert_eq!(o.to_bytes(), compile(&other).unwrap().to_bytes());
+        // A damaged entry is ignored and replaced.
+        std::fs::write(&entries[0], b"garbage").unwrap();
         assert_eq!(
-            compile_cached(&prof, &cache).unwrap().to_bytes(),
+            compile_cached(&prof, &dir).unwrap().to_bytes(),
             first.to_bytes()
         );
         let _ = std::fs::remove_dir_all(&dir);
