@@ -47,7 +47,7 @@ impl BpfProgram {
     /// jt, jf (u8) and k (u32 LE).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(8 + 8 * self.insns.len());
-        v.extend_from_slice(&(self.flags as u64).to_le_bytes());
+        v.extend_from_slice(&self.flags.to_le_bytes());
         for i in &self.insns {
             v.extend_from_slice(&i.code.to_le_bytes());
             v.push(i.jt);
@@ -59,10 +59,10 @@ impl BpfProgram {
 
     /// The inverse of [`BpfProgram::to_bytes`]; None when malformed.
     pub fn from_bytes(b: &[u8]) -> Option<BpfProgram> {
-        if b.len() < 16 || (b.len() - 8) % 8 != 0 || (b.len() - 8) / 8 > MAX_INSNS {
+        if b.len() < 16 || !(b.len() - 8).is_multiple_of(8) || (b.len() - 8) / 8 > MAX_INSNS {
             return None;
         }
-        let flags = u64::from_le_bytes(b[..8].try_into().ok()?) as libc::c_ulong;
+        let flags = libc::c_ulong::from_le_bytes(b[..8].try_into().ok()?);
         let insns = b[8..]
             .chunks_exact(8)
             .map(|c| libc::sock_filter {
