@@ -33,23 +33,22 @@ pub fn environment(
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         "TERM=xterm".into(),
     ];
-    let mut set = |kv: String| {
+    for kv in base.iter().cloned().chain(overrides(config, extra)) {
         let key = kv.split('=').next().unwrap_or("").to_string();
         env.retain(|e| e.split('=').next() != Some(key.as_str()));
         env.push(kv);
-    };
-    for kv in base {
-        set(kv.clone());
-    }
-    for (k, v) in config {
-        if let Some(name) = k.strip_prefix("environment.") {
-            set(format!("{name}={v}"));
-        }
-    }
-    for kv in extra {
-        set(kv.clone());
     }
     env
+}
+
+/// The variables an instance sets over an image's or bundle's own: its `environment.*`
+/// keys, then `extra` (in that order; a later one of the same name wins).
+pub fn overrides(config: &BTreeMap<String, String>, extra: &[String]) -> Vec<String> {
+    config
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("environment.").map(|n| format!("{n}={v}")))
+        .chain(extra.iter().cloned())
+        .collect()
 }
 
 /// The zone's OCI spec. `base` is the bundle's config.json for a bundle source.

@@ -129,16 +129,8 @@ async fn exec_session<IO: AsyncRead + AsyncWrite + Unpin>(
         }
         None => (None, None),
     };
-    let env = crate::spec::environment(&[], &config, &post.env)
-        .into_iter()
-        .filter(|kv| {
-            // Keep the zone's own PATH/TERM unless asked: only explicit keys override.
-            let k = kv.split('=').next().unwrap_or("");
-            (k != "PATH" && k != "TERM")
-                || post.env.iter().any(|e| e.starts_with(&format!("{k}=")))
-                || config.contains_key(&format!("environment.{k}"))
-        })
-        .collect();
+    // Over the zone's own environment (the monitor merges by name, later wins).
+    let env = crate::spec::overrides(&config, &post.env);
     let spec = ExecSpec {
         args: post.command.clone(),
         env,
